@@ -1,0 +1,50 @@
+"""Every error embedrank raises derives from :class:`EmbedrankError`.
+
+Each message says what went wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class EmbedrankError(Exception):
+    """Base class of all embedrank errors."""
+
+
+class ModelDirError(EmbedrankError):
+    """A model directory is missing, incomplete or corrupt."""
+
+
+class ManifestError(ModelDirError):
+    """``embedrank.json`` is missing, malformed, or does not match the graph/tokenizer."""
+
+
+class InputError(EmbedrankError, ValueError):
+    """Bad user input (wrong type, empty text, malformed data line...)."""
+
+
+class DeviceError(EmbedrankError):
+    """The requested execution device is not available."""
+
+
+class ParityError(EmbedrankError):
+    """An exported graph does not reproduce the PyTorch reference within tolerance."""
+
+
+class CollectionMismatchError(EmbedrankError):
+    """A Qdrant collection was built with another embedder (fingerprint, dim or instruction)."""
+
+
+class MissingDependencyError(EmbedrankError, ImportError):
+    """An optional dependency is not installed."""
+
+
+def require(module: str, extra: str):
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the pip extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingDependencyError(
+            f"{module!r} is needed for this command: pip install 'embedrank[{extra}]'"
+        ) from exc

@@ -1,0 +1,222 @@
+"""The Qwen3 Embedding / Reranker input formats, written once.
+
+Strings follow the official QwenLM/Qwen3-Embedding code byte for byte (tests pin them).
+The export side writes them into each model's manifest; the runtime reads them from there.
+Everything here is torch-free: tokenization runs on a ``tokenizers.Tokenizer`` so the
+PyTorch reference and the ONNX runtime feed the graph exactly the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from embedrank.errors import InputError
+
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+QUERY_TEMPLATE = "Instruct: {instruction}\nQuery:{query}"
+EOT_TOKEN = "<|endoftext|>"  # the pooled token (id 151643); NOT tokenizer.eos_token (<|im_end|>)
+RERANK_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
+RERANK_BODY = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+YES_TOKEN = "yes"
+NO_TOKEN = "no"
+MIN_MATRYOSHKA_DIM = 32
+DEFAULT_MAX_LENGTH = 8192
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """The strings a model was trained with; stored in (and read from) the manifest."""
+
+    query_template: str = QUERY_TEMPLATE
+    default_instruction: str = DEFAULT_INSTRUCTION
+    eot_token: str = EOT_TOKEN
+    rerank_prefix: str = RERANK_PREFIX
+    rerank_body: str = RERANK_BODY
+    rerank_suffix: str = RERANK_SUFFIX
+    yes_token: str = YES_TOKEN
+    no_token: str = NO_TOKEN
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PromptFormat:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def query(self, query: str, instruction: str | None = None) -> str:
+        return self.query_template.format(
+            instruction=self.default_instruction if instruction is None else instruction,
+            query=query,
+        )
+
+    def rerank_text(self, query: str, document: str, instruction: str | None = None) -> str:
+        body = self.rerank_body.format(
+            instruction=self.default_instruction if instruction is None else instruction,
+            query=query,
+            document=document,
+        )
+        return self.rerank_prefix + body + self.rerank_suffix
+
+
+QWEN3 = PromptFormat()
+
+
+def check_texts(texts: str | Iterable[str], what: str = "texts") -> list[str]:
+    """Return ``texts`` as a list of non-empty strings, or raise :class:`InputError`.
+
+    A single string is accepted as a batch of one.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    elif isinstance(texts, bytes) or not isinstance(texts, Iterable):
+        raise InputError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise InputError(f"{what}[{i}] must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError(f"{what}[{i}] is empty or whitespace only: nothing to embed")
+        if "\x00" in text:
+            raise InputError(f"{what}[{i}] contains a NUL byte; strip it before embedding")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"{what}[{i}] is not valid Unicode (lone surrogate?): {exc}") from None
+    return out
+
+
+def check_instruction(instruction: str | None) -> str | None:
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError(f"instruction must be a str or None, got {type(instruction).__name__}")
+    return instruction
+
+
+def plain_tokenizer(tokenizer):
+    """A copy of a ``tokenizers.Tokenizer`` with its saved padding and truncation switched off.
+
+    Padding and truncation are ours to do (left padding, template-preserving truncation).
+    Accepts a transformers fast tokenizer too (its ``backend_tokenizer`` is used).
+    """
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
+
+
+def load_tokenizer(path) -> "Tokenizer":  # noqa: F821 - tokenizers is a base dependency
+    from tokenizers import Tokenizer
+
+    return plain_tokenizer(Tokenizer.from_file(str(path)))
+
+
+def token_id(tokenizer, token: str) -> int:
+    tid = tokenizer.token_to_id(token)
+    if tid is None:
+        raise InputError(f"the tokenizer has no token {token!r}: is this a Qwen3 tokenizer?")
+    return tid
+
+
+def encode_embedding_inputs(tokenizer, texts: Sequence[str], max_length: int,
+                            eot_token: str = EOT_TOKEN) -> list[list[int]]:
+    """Token ids for embedding: the formatted text, truncated, ending in exactly one EOT.
+
+    ``tokenizer`` is a :func:`plain_tokenizer`.
+    The tokenizer's own post-processor may already append the EOT (the Qwen3-Embedding one
+    does, the base Qwen3 one does not); either way the result ends with it once. Truncation
+    keeps the start of the text (where the instruction template sits) and the final EOT.
+    """
+    eot = token_id(tokenizer, eot_token)
+    out = []
+    for enc in tokenizer.encode_batch(list(texts), add_special_tokens=True):
+        ids = list(enc.ids)
+        if ids and ids[-1] == eot:
+            ids.pop()
+        out.append(ids[: max_length - 1] + [eot])
+    return out
+
+
+def encode_rerank_inputs(tokenizer, fmt: PromptFormat, query: str, documents: Sequence[str],
+                         instruction: str | None, max_length: int) -> list[list[int]]:
+    """prefix + body + suffix ids; only the body is truncated, the template never is."""
+    tok = tokenizer
+    prefix = tok.encode(fmt.rerank_prefix, add_special_tokens=False).ids
+    suffix = tok.encode(fmt.rerank_suffix, add_special_tokens=False).ids
+    budget = max_length - len(prefix) - len(suffix)
+    instruction = fmt.default_instruction if instruction is None else instruction
+    head = fmt.rerank_body.format(instruction=instruction, query=query, document="")
+    if len(tok.encode(head, add_special_tokens=False).ids) >= budget:
+        raise InputError(
+            f"the reranker query and instruction take more than the {max_length}-token limit "
+            "leaves for them; shorten the query or the instruction"
+        )
+    bodies = [fmt.rerank_body.format(instruction=instruction, query=query, document=d)
+              for d in documents]
+    encs = tok.encode_batch(bodies, add_special_tokens=False)
+    return [prefix + list(enc.ids)[:budget] + suffix for enc in encs]
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad to the longest sequence: (input_ids, attention_mask), both int64."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        if seq:
+            ids[row, width - len(seq):] = seq
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:
+    """Group indices into batches, longest first, so padded tokens per batch stay in budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]
+        if current and ((len(current) + 1) * width > token_budget or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def last_token_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Hidden state of each row's last real token (left or right padding)."""
+    last = (np.arange(mask.shape[1])[None, :] * mask).argmax(axis=1)
+    return hidden[np.arange(hidden.shape[0]), last]
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def matryoshka(embeddings: np.ndarray, dim: int | None) -> np.ndarray:
+    """Truncate to ``dim`` then L2-normalize (a no-op truncation when ``dim`` is None)."""
+    if dim is None or dim == embeddings.shape[-1]:
+        return l2_normalize(embeddings)
+    check_dim(dim, embeddings.shape[-1])
+    return l2_normalize(embeddings[..., :dim])
+
+
+def check_dim(dim: int, full_dim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise InputError(f"dim must be an int, got {type(dim).__name__}")
+    low = min(MIN_MATRYOSHKA_DIM, full_dim)
+    if not low <= dim <= full_dim:
+        raise InputError(f"dim={dim} is outside this model's Matryoshka range [{low}, {full_dim}]")
+    return dim

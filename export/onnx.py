@@ -1,0 +1,191 @@
+"""Export a Qwen3-style embedder or reranker to an ONNX model directory.
+
+The graph takes left-padded ``input_ids`` / ``attention_mask`` (dynamic batch and length)
+and returns the L2-normalized pooled embedding ``[B, D]`` or the one yes-no logit ``[B]``.
+Everything is written into a temporary directory next to OUT, checked for parity with
+PyTorch, and only then moved into place: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from embedrank.errors import InputError, ParityError
+from embedrank.formats import MIN_MATRYOSHKA_DIM
+from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest, fingerprint
+from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DEFAULT_OPSET = 17
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB
+EXTERNAL_DATA_NAME = GRAPH_NAME + ".data"
+
+
+class _EmbedderGraph(nn.Module):
+    """Embedder.forward with a float32 output whatever the compute dtype."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.embedder(input_ids, attention_mask).float()
+
+
+class _RerankerGraph(nn.Module):
+    """Decoder + last-token pooling + the one-logit head (w_yes - w_no): never full-vocab logits."""
+
+    def __init__(self, reranker: Reranker) -> None:
+        super().__init__()
+        self.decoder = reranker.decoder
+        weight, bias = reranker.head()
+        self.head = nn.Linear(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            self.head.weight.copy_(weight[None])
+            self.head.bias.copy_(bias.reshape(1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids(attention_mask)).last_hidden_state
+        return self.head(last_token_pool(hidden, attention_mask)).squeeze(-1).float()
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: Manifest
+    parity: object | None  # export.verify.ParityReport
+
+
+def load_module(kind: str, src: str, dtype: str = "fp32", device: str = "cpu",
+                max_length: int | None = None, trust_remote_code: bool = False):
+    cls = {"embedder": Embedder, "reranker": Reranker}[kind]
+    return cls.from_pretrained(src, dtype=DTYPES[dtype], device=device, max_length=max_length,
+                               trust_remote_code=trust_remote_code)
+
+
+def _trace(graph: nn.Module, kind: str, path: Path, opset: int, device: str) -> None:
+    ids = torch.tensor([[0, 0, 151643, 151643], [9707, 11, 1879, 151643]], device=device)
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], device=device)
+    output = OUTPUT_NAMES[kind]
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            output: {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=[output], dynamic_axes=axes, opset_version=opset,
+                          dynamo=False, do_constant_folding=True)
+
+
+def _consolidate(path: Path) -> None:
+    """One graph file, or graph + one external-data file when it would pass protobuf's 2 GiB.
+
+    The TorchScript exporter writes one file per tensor for large models; gather them.
+    """
+    import onnx
+
+    files = [p for p in path.parent.iterdir() if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    if files == [path] and size < EXTERNAL_DATA_THRESHOLD:
+        return
+    model = onnx.load(str(path), load_external_data=True)
+    for file in files:
+        file.unlink()
+    external = size >= EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(model, str(path), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location=EXTERNAL_DATA_NAME, size_threshold=1024)
+
+
+def _name_output_dims(path: Path, kind: str, dim: int) -> None:
+    """Give the output its static size (the tracer leaves the embedding width symbolic)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    dims[0].dim_param = "batch"
+    if kind == "embedder":
+        dims[1].dim_value = dim
+    onnx.save_model(model, str(path))
+
+
+def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str) -> Manifest:
+    tok = module.tokenizer
+    dim = module.model.config.hidden_size
+    return Manifest(
+        kind=kind, prompts=module.prompts, dim=dim, max_length=module.max_length, dtype=dtype,
+        opset=opset, fingerprint=fingerprint(out), pad_token_id=module.pad_id,
+        eot_token_id=module.eot_id,
+        matryoshka_dims=(min(MIN_MATRYOSHKA_DIM, dim), dim) if kind == "embedder" else None,
+        yes_token_id=tok.token_to_id(module.prompts.yes_token) if kind == "reranker" else None,
+        no_token_id=tok.token_to_id(module.prompts.no_token) if kind == "reranker" else None,
+        output=OUTPUT_NAMES[kind], source=str(src),
+    )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise InputError(f"{str(out)!r} already exists and is not empty; pass --overwrite "
+                         "(overwrite=True) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
+                 opset: int = DEFAULT_OPSET, max_length: int | None = None, verify: bool = True,
+                 overwrite: bool = False, device: str = "cpu",
+                 trust_remote_code: bool = False) -> ExportResult:
+    """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``."""
+    if kind not in OUTPUT_NAMES:
+        raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    module = load_module(kind, src, dtype, torch_device, max_length, trust_remote_code)
+    graph = (_EmbedderGraph if kind == "embedder" else _RerankerGraph)(module).eval()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        graph_dir = tmp / "graph"
+        graph_dir.mkdir()
+        _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device)
+        _consolidate(graph_dir / GRAPH_NAME)
+        _name_output_dims(graph_dir / GRAPH_NAME, kind, module.model.config.hidden_size)
+        for file in graph_dir.iterdir():
+            file.rename(tmp / file.name)
+        graph_dir.rmdir()
+        module.hf_tokenizer.save_pretrained(tmp)
+        manifest = _manifest(kind, module, dtype, opset, tmp, src)
+        manifest.write(tmp)
+        report = None
+        if verify:
+            report = _verify(kind, tmp, src, module, dtype, device, trust_remote_code)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.chmod(0o755)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out, manifest, report)
+
+
+def _verify(kind, tmp: Path, src, module, dtype, device, trust_remote_code):
+    from embedrank.export.verify import check
+    from embedrank.plugin.runtime import Embedder as OnnxEmbedder
+    from embedrank.plugin.runtime import Reranker as OnnxReranker
+
+    runtime = (OnnxEmbedder if kind == "embedder" else OnnxReranker).load(tmp, device=device)
+    if dtype != "fp32":  # compare against the fp32 reference, not the fp16 module
+        module = load_module(kind, src, "fp32", "cuda" if device.startswith("cuda") else "cpu",
+                             module.max_length, trust_remote_code)
+    report = check(runtime, module, dtype)
+    if not report.passed:
+        raise ParityError(f"the exported {kind} does not match PyTorch; nothing was written to "
+                          f"the output directory:\n{report.table()}")
+    return report

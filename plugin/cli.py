@@ -1,0 +1,100 @@
+"""The ``embedrank`` command line. Commands only parse arguments and call library functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from embedrank import __version__
+from embedrank.errors import EmbedrankError
+
+
+class _Group(click.Group):
+    """Turns an EmbedrankError into a one-line message and exit code 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EmbedrankError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="embedrank")
+def main() -> None:
+    """Qwen3-style embeddings and rerankers: export, verify, ingest into Qdrant, query."""
+
+
+@main.group()
+def export() -> None:
+    """Export a checkpoint (hub id or local dir) to an ONNX model directory."""
+
+
+def _export_options(fn):
+    options = [
+        click.argument("src"),
+        click.argument("out", type=click.Path(file_okay=False)),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32",
+                     show_default=True, help="Weights and compute precision of the graph."),
+        click.option("--max-length", type=int, default=None,
+                     help="Token limit stored in the manifest [default: min(8192, model limit)]."),
+        click.option("--opset", type=int, default=17, show_default=True),
+        click.option("--device", default="cpu", show_default=True,
+                     help="Where to trace and verify: cpu or cuda."),
+        click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
+        click.option("--overwrite", is_flag=True, help="Replace OUT if it exists."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Allow custom model code from the checkpoint (off by default)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_export(kind: str, src, out, dtype, max_length, opset, device, no_verify, overwrite,
+                trust_remote_code) -> None:
+    from embedrank.export import export_model
+
+    click.echo(f"exporting {kind} {src} -> {out} ({dtype}) ...", err=True)
+    result = export_model(kind, src, out, dtype=dtype, opset=opset, max_length=max_length,
+                          verify=not no_verify, overwrite=overwrite, device=device,
+                          trust_remote_code=trust_remote_code)
+    if result.parity is not None:
+        click.echo(result.parity.table())
+    click.echo(f"wrote {result.out} (fingerprint {result.manifest.fingerprint[:16]})")
+
+
+@export.command("embedder")
+@_export_options
+def export_embedder(**kwargs) -> None:
+    """Export an embedder: graph outputs L2-normalized last-token embeddings [B, D]."""
+    _run_export("embedder", **kwargs)
+
+
+@export.command("reranker")
+@_export_options
+def export_reranker(**kwargs) -> None:
+    """Export a reranker: graph outputs the yes-no logit [B] (score = sigmoid)."""
+    _run_export("reranker", **kwargs)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--against", "src", required=True, help="The PyTorch source (hub id or dir).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the figures as JSON.")
+def verify(model_dir, src, device, json_out) -> None:
+    """Check an exported model directory against PyTorch and print the parity figures."""
+    from embedrank.export import verify as run_verify
+
+    report = run_verify(model_dir, src, device=device)
+    click.echo(report.table())
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh, indent=2)
+    if not report.passed:
+        sys.exit(1)

@@ -1,0 +1,276 @@
+"""Retrieval metrics that reproduce ``trec_eval`` (as BEIR reports it through pytrec_eval).
+
+Pure Python, no torch. A *run* is ``{qid: {docid: score}}``; *qrels* are
+``{qid: {docid: relevance}}`` with integer, graded relevance.
+
+Conventions, taken from trec_eval 9.x (``form_res_rels.c``, ``m_ndcg_cut.c``, ``m_recall.c``):
+
+* The run's own order and rank column are ignored: each query's documents are sorted by score
+  descending, ties broken by docid **descending** (``comp_sim_docno`` is
+  ``strcmp(ptr2->docno, ptr1->docno)``). Python compares ``str`` by code point, which is the
+  same order as ``strcmp`` on UTF-8 bytes.
+* nDCG@k: linear gain (the qrels value), ``DCG = sum(rel_i / log2(rank_i + 1))`` over the top
+  k with ranks from 1, only ``rel > 0`` counts; IDCG is the DCG of the qrels' positive
+  relevances sorted descending, truncated at k. IDCG = 0 gives 0.
+* recall@k and MRR@k: relevant means ``rel >= 1``; ``relevance <= 0`` is non-relevant.
+  recall@k = relevant in top k / all relevant in the qrels (0 when there are none), so a run
+  shorter than k is not rescaled. MRR@k = 1 / rank of the first relevant doc in the top k.
+  (trec_eval's ``recip_rank`` has no cutoff; BEIR's own MRR@k truncates at k as we do.)
+* Which queries count: like trec_eval without ``-c``, the mean is over queries present in both
+  the run and the qrels. A query in the qrels but absent from the run is ignored, unless
+  ``complete=True`` (trec_eval ``-c``), which scores it 0. A query present in the run with an
+  empty result dict counts, with score 0. A query whose qrels hold no relevant document is *not*
+  skipped: trec_eval scores it 0 on every measure (its CHANGELOG: only queries with no relevance
+  information at all are ignored).
+
+Also here: TREC run files (``qid Q0 docid rank score tag``) and the BEIR folder layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from embedrank.errors import InputError
+
+Run = Mapping[str, Mapping[str, float]]
+Qrels = Mapping[str, Mapping[str, int]]
+
+
+def rank(scores: Mapping[str, float]) -> list[str]:
+    """Docids in trec_eval order: score descending, ties by docid descending."""
+    for docid, score in scores.items():
+        if not isinstance(score, (int, float)) or math.isnan(score):
+            raise InputError(f"score of doc {docid!r} is {score!r}; scores must be real numbers")
+    return sorted(scores, key=lambda d: (scores[d], d), reverse=True)
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"cutoff k must be a positive integer, got {k!r}")
+
+
+def _ndcg(ranked: list[str], judged: Mapping[str, int], k: int) -> float:
+    dcg = sum(
+        judged.get(d, 0) / math.log2(i + 2)
+        for i, d in enumerate(ranked[:k])
+        if judged.get(d, 0) > 0
+    )
+    ideal = sorted((r for r in judged.values() if r > 0), reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def _recall(ranked: list[str], judged: Mapping[str, int], k: int) -> float:
+    n_rel = sum(1 for r in judged.values() if r >= 1)
+    if n_rel == 0:
+        return 0.0
+    return sum(1 for d in ranked[:k] if judged.get(d, 0) >= 1) / n_rel
+
+
+def _rr(ranked: list[str], judged: Mapping[str, int], k: int) -> float:
+    for i, d in enumerate(ranked[:k]):
+        if judged.get(d, 0) >= 1:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+_MEASURES = {"ndcg": _ndcg, "recall": _recall, "mrr": _rr}
+
+
+def _evaluated_queries(run: Run, qrels: Qrels, complete: bool) -> list[str]:
+    if complete:
+        return list(qrels)
+    return [q for q in qrels if q in run]
+
+
+def per_query(
+    run: Run,
+    qrels: Qrels,
+    ndcg_at: Iterable[int] = (10,),
+    recall_at: Iterable[int] = (100,),
+    mrr_at: Iterable[int] = (10,),
+    complete: bool = False,
+) -> dict[str, dict[str, float]]:
+    """``{qid: {"ndcg@10": .., ...}}`` for every evaluated query (see the module docstring)."""
+    wanted = [("ndcg", k) for k in ndcg_at]
+    wanted += [("recall", k) for k in recall_at]
+    wanted += [("mrr", k) for k in mrr_at]
+    for _, k in wanted:
+        _check_k(k)
+    out: dict[str, dict[str, float]] = {}
+    for qid in _evaluated_queries(run, qrels, complete):
+        ranked = rank(run.get(qid, {}))
+        judged = qrels[qid]
+        out[qid] = {f"{name}@{k}": _MEASURES[name](ranked, judged, k) for name, k in wanted}
+    return out
+
+
+def evaluate(
+    run: Run,
+    qrels: Qrels,
+    ndcg_at: Iterable[int] = (10,),
+    recall_at: Iterable[int] = (100,),
+    mrr_at: Iterable[int] = (10,),
+    complete: bool = False,
+) -> dict[str, float]:
+    """Mean of each metric over the evaluated queries: ``{"ndcg@10": .., "recall@100": ..}``.
+
+    Returns 0.0 for every metric when no query is evaluated (trec_eval prints nothing then).
+    """
+    names = [f"ndcg@{k}" for k in ndcg_at]
+    names += [f"recall@{k}" for k in recall_at]
+    names += [f"mrr@{k}" for k in mrr_at]
+    scores = per_query(run, qrels, ndcg_at, recall_at, mrr_at, complete)
+    n = len(scores)
+    return {m: (sum(s[m] for s in scores.values()) / n if n else 0.0) for m in names}
+
+
+def ndcg_at_k(run: Run, qrels: Qrels, k: int = 10, complete: bool = False) -> float:
+    """Mean nDCG@k (trec_eval ``ndcg_cut.k``)."""
+    return evaluate(run, qrels, (k,), (), (), complete)[f"ndcg@{k}"]
+
+
+def recall_at_k(run: Run, qrels: Qrels, k: int = 100, complete: bool = False) -> float:
+    """Mean recall@k (trec_eval ``recall.k``)."""
+    return evaluate(run, qrels, (), (k,), (), complete)[f"recall@{k}"]
+
+
+def mrr_at_k(run: Run, qrels: Qrels, k: int = 10, complete: bool = False) -> float:
+    """Mean reciprocal rank of the first relevant doc within the top k."""
+    return evaluate(run, qrels, (), (), (k,), complete)[f"mrr@{k}"]
+
+
+# ---------------------------------------------------------------- TREC run files
+
+
+def _check_token(kind: str, value: str) -> None:
+    if not value or any(c.isspace() for c in value):
+        raise InputError(
+            f"{kind} {value!r} is empty or contains whitespace, which the TREC run format "
+            "cannot hold; rename it"
+        )
+
+
+def write_trec_run(run: Run, path: str | Path, tag: str = "embedrank") -> None:
+    """Write ``qid Q0 docid rank score tag`` lines, each query in trec_eval order."""
+    _check_token("run tag", tag)
+    lines = []
+    for qid, scores in run.items():
+        _check_token("query id", qid)
+        for i, docid in enumerate(rank(scores), start=1):
+            _check_token("doc id", docid)
+            lines.append(f"{qid} Q0 {docid} {i} {float(scores[docid])!r} {tag}\n")
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read a TREC run file into ``{qid: {docid: score}}`` (the rank column is ignored)."""
+    run: dict[str, dict[str, float]] = {}
+    for lineno, line in _lines(Path(path)):
+        fields = line.split()
+        if len(fields) != 6:
+            raise InputError(
+                f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
+                f"got {len(fields)}"
+            )
+        qid, _, docid, _, score, _ = fields
+        try:
+            value = float(score)
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: score {score!r} is not a number") from None
+        if math.isnan(value):
+            raise InputError(f"{path}:{lineno}: score is NaN")
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            raise InputError(f"{path}:{lineno}: doc {docid!r} listed twice for query {qid!r}")
+        docs[docid] = value
+    return run
+
+
+def _lines(path: Path) -> Iterable[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers; a missing file is an InputError."""
+    if not path.is_file():
+        raise InputError(f"{path} not found")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                yield lineno, line.rstrip("\n")
+
+
+# ---------------------------------------------------------------- BEIR folders
+
+
+def _read_jsonl(path: Path, fields: tuple[str, ...]) -> Iterable[tuple[int, dict]]:
+    for lineno, line in _lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object")
+        for f in fields:
+            if f in obj and not isinstance(obj[f], str):
+                raise InputError(f"{path}:{lineno}: field {f!r} must be a string")
+        if not obj.get("_id"):
+            raise InputError(f"{path}:{lineno}: missing '_id'")
+        if "text" not in obj:
+            raise InputError(f"{path}:{lineno}: missing 'text'")
+        yield lineno, obj
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, line in _lines(path):
+        fields = line.split("\t")
+        if len(fields) != 3:
+            fields = line.split()
+        if lineno == 1 and [f.strip() for f in fields] == ["query-id", "corpus-id", "score"]:
+            continue
+        if len(fields) != 3:
+            raise InputError(
+                f"{path}:{lineno}: expected 3 tab-separated fields "
+                f"'query-id corpus-id score', got {len(fields)}"
+            )
+        qid, docid, score = (f.strip() for f in fields)
+        try:
+            rel = int(score)
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: score {score!r} is not an integer") from None
+        qrels.setdefault(qid, {})[docid] = rel
+    return qrels
+
+
+def load_beir(
+    folder: str | Path, split: str = "test"
+) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
+    """Read a BEIR dataset folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+    Returns ``(corpus {id: {"title", "text"}}, queries {id: text}, qrels)``. As in BEIR's
+    ``GenericDataLoader``, queries are restricted to those with qrels in the split.
+    """
+    folder = Path(folder)
+    corpus: dict[str, dict[str, str]] = {}
+    path = folder / "corpus.jsonl"
+    for lineno, obj in _read_jsonl(path, ("_id", "title", "text")):
+        if obj["_id"] in corpus:
+            raise InputError(f"{path}:{lineno}: duplicate _id {obj['_id']!r}")
+        corpus[obj["_id"]] = {"title": obj.get("title") or "", "text": obj["text"]}
+    all_queries: dict[str, str] = {}
+    path = folder / "queries.jsonl"
+    for lineno, obj in _read_jsonl(path, ("_id", "text")):
+        if obj["_id"] in all_queries:
+            raise InputError(f"{path}:{lineno}: duplicate _id {obj['_id']!r}")
+        all_queries[obj["_id"]] = obj["text"]
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    qrels = _read_qrels(qrels_path)
+    missing = [q for q in qrels if q not in all_queries]
+    if missing:
+        raise InputError(
+            f"{qrels_path}: {len(missing)} query ids have no entry in queries.jsonl "
+            f"(first: {missing[:3]}); the files do not belong together"
+        )
+    queries = {q: all_queries[q] for q in qrels}
+    return corpus, queries, qrels

@@ -1,0 +1,193 @@
+"""Torch-free runtime: load an exported model directory and embed / rerank with ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embedrank.errors import DeviceError, InputError, ManifestError, ModelDirError
+from embedrank.formats import (
+    check_dim,
+    check_instruction,
+    check_texts,
+    encode_embedding_inputs,
+    encode_rerank_inputs,
+    load_tokenizer,
+    matryoshka,
+    pad_left,
+    plan_batches,
+)
+from embedrank.manifest import GRAPH_NAME, TOKENIZER_NAME, Manifest, fingerprint, read_manifest
+
+DEFAULT_TOKEN_BUDGET = 16384  # padded tokens per forward pass (TEI's default)
+DEFAULT_MAX_BATCH = 128
+
+
+def providers_for(device: str) -> list:
+    """ONNX Runtime providers for ``device`` ("cpu", "cuda", "cuda:N"); never a silent fallback."""
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" or device.startswith("cuda:"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DeviceError(
+                f"device={device!r} needs onnxruntime-gpu with CUDA; this onnxruntime offers "
+                f"{ort.get_available_providers()}. pip uninstall onnxruntime && pip install "
+                "'embedrank[gpu]', or use device='cpu'"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+
+
+class _OnnxModel:
+    """A model directory: manifest + tokenizer + ONNX Runtime session, checked for consistency."""
+
+    kind = ""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", *,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, max_batch_size: int = DEFAULT_MAX_BATCH,
+                 check_fingerprint: bool = True, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.manifest: Manifest = read_manifest(self.path)
+        if self.manifest.kind != self.kind:
+            raise ManifestError(f"{str(self.path)!r} holds a {self.manifest.kind}, not a {self.kind}: "
+                                f"load it with embedrank.plugin.{self.manifest.kind.title()}")
+        if check_fingerprint and fingerprint(self.path) != self.manifest.fingerprint:
+            raise ManifestError(f"the files in {str(self.path)!r} do not match the fingerprint in its "
+                                "manifest (changed or corrupted since export); re-export the model")
+        self.tokenizer = _tokenizer(self.path / TOKENIZER_NAME)
+        self.session = _session(self.path / GRAPH_NAME, device, threads)
+        self._check_graph()
+        self.token_budget = token_budget
+        self.max_batch_size = max_batch_size
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    def _check_graph(self) -> None:
+        m = self.manifest
+        inputs = tuple(i.name for i in self.session.get_inputs())
+        outputs = [o for o in self.session.get_outputs()]
+        if inputs != m.inputs or len(outputs) != 1 or outputs[0].name != m.output:
+            raise ManifestError(
+                f"the graph in {str(self.path)!r} takes {inputs} and returns "
+                f"{[o.name for o in outputs]}, but its manifest says {m.inputs} -> {m.output!r}; "
+                "re-export the model")
+        shape = outputs[0].shape
+        if self.kind == "embedder" and (len(shape) != 2 or shape[1] != m.dim):
+            raise ManifestError(f"the graph outputs {shape} but the manifest says dim={m.dim}; "
+                                "re-export the model")
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if max(m.eot_token_id, m.pad_token_id) >= vocab or self.tokenizer.id_to_token(
+                m.eot_token_id) != m.prompts.eot_token:
+            raise ManifestError(f"the tokenizer in {str(self.path)!r} does not match the manifest "
+                                f"(token {m.eot_token_id} is not {m.prompts.eot_token!r})")
+
+    def _run(self, seqs: Sequence[Sequence[int]], width: int,
+             progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Run the graph over token-budget batches (longest first); rows back in input order."""
+        out = np.zeros((len(seqs), width) if width else (len(seqs),), dtype=np.float32)
+        for batch in plan_batches([len(s) for s in seqs], self.token_budget, self.max_batch_size):
+            ids, mask = pad_left([seqs[i] for i in batch], self.manifest.pad_token_id)
+            (result,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+            out[batch] = result.astype(np.float32)
+            if progress is not None:
+                progress(len(batch))
+        return out
+
+
+def _tokenizer(path: Path):
+    try:
+        return load_tokenizer(path)
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        raise ModelDirError(f"cannot read the tokenizer {str(path)!r} ({exc}); re-export the model") from None
+
+
+def _session(path: Path, device: str, threads: int | None):
+    import onnxruntime as ort
+
+    providers = providers_for(device)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise ModelDirError(f"ONNX Runtime cannot load {str(path)!r} ({str(exc)[:300]}); the file "
+                            "is truncated or corrupt: re-export the model") from None
+    if device != "cpu" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise DeviceError(f"ONNX Runtime did not start CUDA for {str(path)!r} (providers: "
+                          f"{session.get_providers()}); check the CUDA / cuDNN installation")
+    return session
+
+
+class Embedder(_OnnxModel):
+    """Qwen3-style embedder: instruction-prefixed queries, plain documents, (n, d) float32."""
+
+    kind = "embedder"
+
+    def __init__(self, path, device: str = "cpu", dim: int | None = None, **kwargs) -> None:
+        super().__init__(path, device, **kwargs)
+        self.dim = self.manifest.dim if dim is None else check_dim(dim, self.manifest.dim)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", dim: int | None = None,
+             **kwargs) -> Embedder:
+        return cls(path, device, dim, **kwargs)
+
+    @property
+    def default_instruction(self) -> str:
+        return self.manifest.prompts.default_instruction
+
+    def embed_queries(self, texts, instruction: str | None = None, *,
+                      progress: Callable[[int], None] | None = None) -> np.ndarray:
+        check_instruction(instruction)
+        prompts = self.manifest.prompts
+        texts = [prompts.query(t, instruction) for t in check_texts(texts, "queries")]
+        return self._embed(texts, progress)
+
+    def embed_documents(self, texts, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return self._embed(check_texts(texts, "documents"), progress)
+
+    def _embed(self, texts: list[str], progress) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        seqs = encode_embedding_inputs(self.tokenizer, texts, self.max_length,
+                                       self.manifest.prompts.eot_token)
+        full = self._run(seqs, self.manifest.dim, progress)
+        return matryoshka(full, self.dim).astype(np.float32)
+
+
+class Reranker(_OnnxModel):
+    """Qwen3-style reranker: P("yes") for each (query, document)."""
+
+    kind = "reranker"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", **kwargs) -> Reranker:
+        return cls(path, device, **kwargs)
+
+    def score(self, query: str, documents, instruction: str | None = None) -> np.ndarray:
+        if not isinstance(query, str):
+            raise InputError(f"query must be a str, got {type(query).__name__}")
+        query = check_texts([query], "query")[0]
+        check_instruction(instruction)
+        documents = check_texts(documents, "documents")
+        if not documents:
+            return np.zeros(0, dtype=np.float32)
+        seqs = encode_rerank_inputs(self.tokenizer, self.manifest.prompts, query, documents,
+                                    instruction, self.max_length)
+        logits = self._run(seqs, 0).astype(np.float64)
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)

@@ -1,0 +1,195 @@
+"""Qwen3-style Embedder and Reranker as PyTorch modules over a Hugging Face checkpoint.
+
+Both take left-padded ``input_ids`` / ``attention_mask`` and are the exact functions the
+ONNX export traces: the embedder returns L2-normalized last-token states, the reranker the
+one logit ``logit_yes - logit_no`` at the last position (score = sigmoid of it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from embedrank.errors import InputError, ModelDirError
+from embedrank.formats import (
+    DEFAULT_MAX_LENGTH,
+    QWEN3,
+    PromptFormat,
+    check_instruction,
+    check_texts,
+    encode_embedding_inputs,
+    encode_rerank_inputs,
+    pad_left,
+    plain_tokenizer,
+    token_id,
+)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2... from each row's first real token, whatever the padding."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state at each row's last real token (works for left and right padding)."""
+    steps = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (steps[None, :] * attention_mask).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _load_tokenizer(src: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"cannot load a tokenizer from {src!r}: {exc}. Pass a local "
+                            "checkpoint directory or a reachable Hugging Face hub id") from None
+
+
+def _load(auto_cls: str, src: str, dtype, device, trust_remote_code: bool):
+    import transformers
+
+    cls = getattr(transformers, auto_cls)
+    try:
+        model = cls.from_pretrained(str(src), dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"cannot load a model from {src!r}: {exc}. Pass a local checkpoint "
+                            "directory (config.json + safetensors) or a reachable hub id") from None
+    return model.to(device) if device is not None else model
+
+
+class _QwenModule(nn.Module):
+    """Shared tokenization for both modules; subclasses define ``forward``."""
+
+    prompts: PromptFormat
+    max_length: int
+
+    def _setup_tokenizer(self, tokenizer, max_length: int | None, config) -> None:
+        self.hf_tokenizer = tokenizer
+        self.tokenizer = plain_tokenizer(tokenizer)
+        self.eot_id = token_id(self.tokenizer, self.prompts.eot_token)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = self.eot_id if pad is None else pad
+        limit = getattr(config, "max_position_embeddings", DEFAULT_MAX_LENGTH)
+        self.max_length = min(max_length or DEFAULT_MAX_LENGTH, limit)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def batch(self, seqs: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_left(seqs, self.pad_id)
+        return {"input_ids": torch.from_numpy(ids).to(self.device),
+                "attention_mask": torch.from_numpy(mask).to(self.device)}
+
+    def save_pretrained(self, out: str | Path) -> None:
+        self.model.save_pretrained(out)
+        self.hf_tokenizer.save_pretrained(out)
+
+
+class Embedder(_QwenModule):
+    """Decoder LM + last-token pooling + L2 norm (Qwen3-Embedding)."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = QWEN3,
+                 max_length: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.prompts = prompts
+        self._setup_tokenizer(tokenizer, max_length, model.config)
+
+    @classmethod
+    def from_pretrained(cls, src: str | Path, *, dtype=torch.float32, device=None,
+                        max_length: int | None = None, trust_remote_code: bool = False) -> Embedder:
+        model = _load("AutoModel", src, dtype, device, trust_remote_code)
+        return cls(model.eval(), _load_tokenizer(str(src), trust_remote_code), max_length=max_length)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids(attention_mask)).last_hidden_state
+        return nn.functional.normalize(last_token_pool(hidden, attention_mask), dim=-1)
+
+    def tokenize_queries(self, texts, instruction: str | None = None) -> list[list[int]]:
+        check_instruction(instruction)
+        texts = [self.prompts.query(t, instruction) for t in check_texts(texts, "queries")]
+        return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token)
+
+    def tokenize_documents(self, texts) -> list[list[int]]:
+        texts = check_texts(texts, "documents")
+        return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token)
+
+    def embed_queries(self, texts, instruction: str | None = None,
+                      dim: int | None = None) -> torch.Tensor:
+        return _matryoshka(self(**self.batch(self.tokenize_queries(texts, instruction))), dim)
+
+    def embed_documents(self, texts, dim: int | None = None) -> torch.Tensor:
+        return _matryoshka(self(**self.batch(self.tokenize_documents(texts))), dim)
+
+
+def _matryoshka(emb: torch.Tensor, dim: int | None) -> torch.Tensor:
+    if dim is None:
+        return emb
+    if not 0 < dim <= emb.shape[-1]:
+        raise InputError(f"dim={dim} is outside (0, {emb.shape[-1]}]")
+    return nn.functional.normalize(emb[..., :dim], dim=-1)
+
+
+class Reranker(_QwenModule):
+    """Causal LM judging relevance: score = P("yes") = sigmoid(logit_yes - logit_no)."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = QWEN3,
+                 max_length: int | None = None) -> None:
+        super().__init__()
+        self.model = model  # a *ForCausalLM
+        self.prompts = prompts
+        self._setup_tokenizer(tokenizer, max_length, model.config)
+        self.yes_id = token_id(self.tokenizer, prompts.yes_token)
+        self.no_id = token_id(self.tokenizer, prompts.no_token)
+
+    @classmethod
+    def from_pretrained(cls, src: str | Path, *, dtype=torch.float32, device=None,
+                        max_length: int | None = None, trust_remote_code: bool = False) -> Reranker:
+        model = _load("AutoModelForCausalLM", src, dtype, device, trust_remote_code)
+        return cls(model.eval(), _load_tokenizer(str(src), trust_remote_code), max_length=max_length)
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.get_decoder()
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one-logit head: (w_yes - w_no, b_yes - b_no) from two LM-head rows."""
+        lm_head = self.model.get_output_embeddings()
+        weight = lm_head.weight[self.yes_id] - lm_head.weight[self.no_id]
+        bias = getattr(lm_head, "bias", None)
+        diff = bias[self.yes_id] - bias[self.no_id] if bias is not None else weight.new_zeros(())
+        return weight, diff
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """yes - no logit at the last position, shape [B]."""
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids(attention_mask)).last_hidden_state
+        weight, bias = self.head()
+        return last_token_pool(hidden, attention_mask) @ weight + bias
+
+    def tokenize(self, query: str, documents, instruction: str | None = None) -> list[list[int]]:
+        if not isinstance(query, str):
+            raise InputError(f"query must be a str, got {type(query).__name__}")
+        query = check_texts([query], "query")[0]
+        check_instruction(instruction)
+        documents = check_texts(documents, "documents") if documents else []
+        return encode_rerank_inputs(self.tokenizer, self.prompts, query, documents, instruction,
+                                    self.max_length)
+
+    def score(self, query: str, documents, instruction: str | None = None) -> torch.Tensor:
+        """P(yes) per document, shape [n]."""
+        seqs = self.tokenize(query, documents, instruction)
+        if not seqs:
+            return torch.zeros(0, device=self.device)
+        return torch.sigmoid(self(**self.batch(seqs)))
