@@ -7,9 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from embedrank.errors import InputError
 from embedrank.train.losses import (
     CachedInfoNCE,
     ImprovedInfoNCELoss,
@@ -18,12 +15,15 @@ from embedrank.train.losses import (
     improved_infonce,
     reranker_loss,
 )
+from torch import nn
+
+from embedrank.errors import InputError
 
 # --------------------------------------------------------------------------- Eq. 1 by hand
 
 
 def _cos(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
@@ -41,8 +41,11 @@ def eq1_reference(q, pos, neg, pos_ids, tau: float, margin: float = 0.1) -> floa
             if j == i:
                 continue
             same_doc = pos_ids[j] == pos_ids[i]
-            for s, is_doc in ((_cos(q[i], q[j]), False), (_cos(pos[i], pos[j]), True),
-                              (_cos(q[i], pos[j]), True)):
+            for s, is_doc in (
+                (_cos(q[i], q[j]), False),
+                (_cos(pos[i], pos[j]), True),
+                (_cos(q[i], pos[j]), True),
+            ):
                 if s <= limit and not (is_doc and same_doc):
                     z += math.exp(s / tau)
         total += -math.log(math.exp(s_pos / tau) / z)
@@ -56,11 +59,12 @@ def planted() -> dict:
     g = torch.Generator().manual_seed(0)
     n, k, dim = 6, 3, 8
     q = torch.randn(n, dim, generator=g, dtype=torch.float64)
-    pos = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    pos = q + 0.8 * torch.randn(n, dim, generator=g, dtype=torch.float64)
     neg = torch.randn(n, k, dim, generator=g, dtype=torch.float64)
     pos[4] = pos[1]
     neg[0, 1] = q[0] + 1e-3 * torch.randn(dim, generator=g, dtype=torch.float64)
     q[5] = q[2] + 1e-3 * torch.randn(dim, generator=g, dtype=torch.float64)
+    pos[5] = q[5] + 0.8 * torch.randn(dim, generator=g, dtype=torch.float64)
     return {"q": q, "pos": pos, "neg": neg, "ids": [0, 1, 2, 3, 1, 5]}
 
 
@@ -71,8 +75,9 @@ def _reference(b: dict, tau: float, margin: float = 0.1, ids=None) -> float:
 
 def _loss(b: dict, tau: float, margin: float = 0.1, ids=None) -> float:
     ids = b["ids"] if ids is None else ids
-    return improved_infonce(b["q"], b["pos"], b["neg"], temperature=tau, margin=margin,
-                            pos_ids=ids).item()
+    return improved_infonce(
+        b["q"], b["pos"], b["neg"], temperature=tau, margin=margin, pos_ids=ids
+    ).item()
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 0.2])
@@ -86,16 +91,17 @@ def test_masks_are_triggered_and_change_the_loss(planted):
     assert _reference(planted, 0.5, margin=10.0) != pytest.approx(with_masks, rel=1e-6)
     assert _reference(planted, 0.5, ids=no_ids) != pytest.approx(with_masks, rel=1e-6)
     assert _loss(planted, 0.5, margin=10.0) == pytest.approx(
-        _reference(planted, 0.5, margin=10.0), rel=1e-12)
+        _reference(planted, 0.5, margin=10.0), rel=1e-12
+    )
     assert _loss(planted, 0.5, ids=no_ids) == pytest.approx(
-        _reference(planted, 0.5, ids=no_ids), rel=1e-12)
+        _reference(planted, 0.5, ids=no_ids), rel=1e-12
+    )
 
 
 def test_masked_terms_are_excluded(planted):
     before = _loss(planted, 0.5)
-    moved = dict(planted, neg=planted["neg"].clone(), q=planted["q"].clone())
-    moved["neg"][0, 1] = planted["q"][0] * 3.0  # still masked (cos 1), now even closer
-    moved["q"][5] = planted["q"][2] * 2.0  # still masked for i=2 and i=5
+    moved = dict(planted, neg=planted["neg"].clone())
+    moved["neg"][0, 1] = planted["q"][0] * 3.0  # cos 1 now: closer, still masked
     assert _loss(moved, 0.5) == pytest.approx(before, rel=1e-12)
     q = planted["q"].clone().requires_grad_(True)
     neg = planted["neg"].clone().requires_grad_(True)
@@ -172,7 +178,7 @@ def _inputs(rows: int, seed: int) -> dict[str, torch.Tensor]:
 
 def _chunked(inputs: dict, size: int) -> list[dict]:
     rows = len(inputs["input_ids"])
-    return [{k: v[i:i + size] for k, v in inputs.items()} for i in range(0, rows, size)]
+    return [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, rows, size)]
 
 
 def _plain_grads(model, groups, n, kw) -> tuple[float, list[torch.Tensor]]:
@@ -200,7 +206,7 @@ def test_cached_gradients_equal_plain_gradients(pre_chunked):
     loss = cached_infonce_backward(model, *args, chunk_size=chunk, **kw)
     assert not loss.requires_grad
     assert loss.item() == pytest.approx(plain_loss, rel=1e-10)
-    for p, ref in zip(model.parameters(), plain):
+    for p, ref in zip(model.parameters(), plain, strict=True):
         torch.testing.assert_close(p.grad, ref, rtol=1e-6, atol=1e-9)
     assert max(g.abs().max().item() for g in plain) > 1e-3
 
@@ -223,7 +229,7 @@ def test_cached_module_without_negatives_matches_plain():
     model.zero_grad()
     cached = CachedInfoNCE(model, chunk_size=2, temperature=0.1)
     assert cached(q, d).item() == pytest.approx(loss.item(), rel=1e-10)
-    for p, ref in zip(model.parameters(), plain):
+    for p, ref in zip(model.parameters(), plain, strict=True):
         torch.testing.assert_close(p.grad, ref, rtol=1e-6, atol=1e-9)
 
 
@@ -244,15 +250,18 @@ def test_reranker_loss_equals_two_way_cross_entropy():
     one_logit = reranker_loss(logit_yes - logit_no, labels)
     assert one_logit.item() == pytest.approx(expected.item(), rel=1e-12)
     assert reranker_loss((logit_no, logit_yes), labels).item() == pytest.approx(
-        expected.item(), rel=1e-12)
+        expected.item(), rel=1e-12
+    )
     assert RerankerLoss()(logit_yes - logit_no, labels.tolist()).item() == pytest.approx(
-        expected.item(), rel=1e-12)
+        expected.item(), rel=1e-12
+    )
 
 
 def test_reranker_loss_hand_values_and_errors():
     assert reranker_loss(torch.zeros(3), [1, 0, 1]).item() == pytest.approx(math.log(2))
     assert reranker_loss(torch.tensor([2.0]), [1]).item() == pytest.approx(
-        math.log(1 + math.exp(-2.0)), rel=1e-6)
+        math.log(1 + math.exp(-2.0)), rel=1e-6
+    )
     with pytest.raises(InputError, match="labels"):
         reranker_loss(torch.zeros(3), [1, 0])
     with pytest.raises(InputError, match="labels"):

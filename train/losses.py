@@ -39,10 +39,12 @@ def _check_shapes(q: Tensor, d_pos: Tensor, d_neg: Tensor | None) -> None:
         raise InputError(
             f"q and d_pos must both be [N, D], got {tuple(q.shape)} and {tuple(d_pos.shape)}"
         )
-    if d_neg is not None and (d_neg.ndim != 3 or d_neg.shape[0] != q.shape[0]
-                              or d_neg.shape[2] != q.shape[1]):
-        raise InputError(f"d_neg must be [N, K, D] = [{q.shape[0]}, K, {q.shape[1]}], "
-                         f"got {tuple(d_neg.shape)}")
+    if d_neg is not None and (
+        d_neg.ndim != 3 or d_neg.shape[0] != q.shape[0] or d_neg.shape[2] != q.shape[1]
+    ):
+        raise InputError(
+            f"d_neg must be [N, K, D] = [{q.shape[0]}, K, {q.shape[1]}], got {tuple(d_neg.shape)}"
+        )
 
 
 def improved_infonce(
@@ -103,8 +105,9 @@ class ImprovedInfoNCELoss(nn.Module):
         d_neg: Tensor | None = None,
         pos_ids: Tensor | Sequence[int] | None = None,
     ) -> Tensor:
-        return improved_infonce(q, d_pos, d_neg, temperature=self.temperature,
-                                margin=self.margin, pos_ids=pos_ids)
+        return improved_infonce(
+            q, d_pos, d_neg, temperature=self.temperature, margin=self.margin, pos_ids=pos_ids
+        )
 
 
 # --------------------------------------------------------------------------- cached variant
@@ -142,7 +145,8 @@ def _chunks(inputs: Inputs, chunk_size: int) -> list[Batch]:
     if len(sizes) != 1:
         raise InputError(f"all input tensors need the same batch size, got {sorted(sizes)}")
     total = sizes.pop()
-    return [{k: v[i:i + chunk_size] for k, v in inputs.items()} for i in range(0, total, chunk_size)]
+    starts = range(0, total, chunk_size)
+    return [{k: v[i : i + chunk_size] for k, v in inputs.items()} for i in starts]
 
 
 def _embed_no_grad(encode_fn: EncodeFn, chunks: list[Batch]) -> tuple[Tensor, list[_RngState]]:
@@ -161,7 +165,7 @@ def _backward_chunks(
     for chunk, state in zip(chunks, states, strict=True):
         with state.replay():
             emb = encode_fn(chunk)
-        emb.backward(grad[start:start + len(emb)].to(emb.dtype))
+        emb.backward(grad[start : start + len(emb)].to(emb.dtype))
         start += len(emb)
 
 
@@ -200,8 +204,9 @@ def cached_infonce_backward(
             raise InputError(f"negatives must hold N*K rows for N={n} queries, got {total}")
         d_neg = embs[2].view(n, total // n, -1)
     with torch.enable_grad():
-        loss = improved_infonce(embs[0], embs[1], d_neg, temperature=temperature,
-                                margin=margin, pos_ids=pos_ids)
+        loss = improved_infonce(
+            embs[0], embs[1], d_neg, temperature=temperature, margin=margin, pos_ids=pos_ids
+        )
         grads = torch.autograd.grad(loss, embs)
     for chunks, (_, states), grad in zip(groups, cached, grads, strict=True):
         _backward_chunks(encode_fn, chunks, states, grad)
@@ -216,7 +221,10 @@ class CachedInfoNCE(nn.Module):
     """
 
     def __init__(
-        self, encoder: EncodeFn, chunk_size: int = 32, temperature: float = 0.01,
+        self,
+        encoder: EncodeFn,
+        chunk_size: int = 32,
+        temperature: float = 0.01,
         margin: float = 0.1,
     ) -> None:
         super().__init__()
@@ -233,8 +241,14 @@ class CachedInfoNCE(nn.Module):
         pos_ids: Tensor | Sequence[int] | None = None,
     ) -> Tensor:
         return cached_infonce_backward(
-            self.encoder, queries, docs, negatives, chunk_size=self.chunk_size,
-            temperature=self.temperature, margin=self.margin, pos_ids=pos_ids,
+            self.encoder,
+            queries,
+            docs,
+            negatives,
+            chunk_size=self.chunk_size,
+            temperature=self.temperature,
+            margin=self.margin,
+            pos_ids=pos_ids,
         )
 
 
@@ -256,8 +270,10 @@ def reranker_loss(
         logits = logit_yes - logit_no
     target = torch.as_tensor(labels, device=logits.device).to(logits.dtype)
     if target.shape != logits.shape:
-        raise InputError(f"labels shape {tuple(target.shape)} != logits shape "
-                         f"{tuple(logits.shape)}: give one label per (query, document) pair")
+        raise InputError(
+            f"labels shape {tuple(target.shape)} != logits shape "
+            f"{tuple(logits.shape)}: give one label per (query, document) pair"
+        )
     if ((target < 0) | (target > 1)).any():
         raise InputError("labels must lie in [0, 1] (1 = 'yes'/relevant, 0 = 'no')")
     return F.binary_cross_entropy_with_logits(logits, target)

@@ -23,8 +23,12 @@ DOT_THRESHOLD = 0.9995
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 COPIED_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-    "special_tokens_map.json", "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "generation_config.json",
 )
 
 
@@ -64,8 +68,10 @@ def _merge_tensor(name: str, tensors: Sequence[Tensor], t: float) -> Tensor:
     first = tensors[0]
     if not first.is_floating_point():
         if any(not torch.equal(first, other) for other in tensors[1:]):
-            raise InputError(f"non-float tensor {name!r} differs between checkpoints; "
-                             "such buffers cannot be interpolated")
+            raise InputError(
+                f"non-float tensor {name!r} differs between checkpoints; "
+                "such buffers cannot be interpolated"
+            )
         return first.clone()
     if len(tensors) == 2:
         return slerp(t, first, tensors[1])
@@ -86,16 +92,20 @@ def _check_t(count: int, t: float) -> None:
 
 def _check_shapes(name: str, shapes: Sequence[tuple[int, ...]]) -> None:
     if any(shape != shapes[0] for shape in shapes[1:]):
-        raise InputError(f"tensor {name!r} has different shapes across checkpoints: "
-                         f"{[list(s) for s in shapes]}; merge only fine-tunes of one base model")
+        raise InputError(
+            f"tensor {name!r} has different shapes across checkpoints: "
+            f"{[list(s) for s in shapes]}; merge only fine-tunes of one base model"
+        )
 
 
 def _check_keys(key_sets: Sequence[set[str]]) -> None:
     for i, keys in enumerate(key_sets[1:], start=1):
         if keys != key_sets[0]:
             diff = sorted(keys ^ key_sets[0])[:5]
-            raise InputError(f"checkpoint {i} does not have the same tensors as checkpoint 0 "
-                             f"(e.g. {diff}); merge only fine-tunes of one base model")
+            raise InputError(
+                f"checkpoint {i} does not have the same tensors as checkpoint 0 "
+                f"(e.g. {diff}); merge only fine-tunes of one base model"
+            )
 
 
 def _progress(total: int, enabled: bool):
@@ -144,8 +154,10 @@ class _Checkpoint:
             with safe_open(str(path / SINGLE_FILE), framework="pt") as f:
                 self.weight_map = dict.fromkeys(f.keys(), SINGLE_FILE)
         else:
-            raise ModelDirError(f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}: "
-                                "save the checkpoint with save_pretrained(safe_serialization=True)")
+            raise ModelDirError(
+                f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}: "
+                "save the checkpoint with save_pretrained(safe_serialization=True)"
+            )
         self._files = {
             name: stack.enter_context(safe_open(str(path / name), framework="pt"))
             for name in sorted(set(self.weight_map.values()))
@@ -175,8 +187,10 @@ def _check_configs(ckpts: Sequence[_Checkpoint]) -> None:
     for field in ("architectures", "model_type"):
         values = [c.config.get(field) for c in ckpts]
         if any(v != values[0] for v in values[1:]):
-            raise InputError(f"checkpoints disagree on {field}: {values}; "
-                             "merge only checkpoints of one architecture")
+            raise InputError(
+                f"checkpoints disagree on {field}: {values}; "
+                "merge only checkpoints of one architecture"
+            )
 
 
 def _write_merged(ckpts: Sequence[_Checkpoint], tmp: Path, t: float, progress: bool) -> None:
