@@ -61,7 +61,7 @@ class _RerankerGraph(nn.Module):
 class ExportResult:
     out: Path
     manifest: Manifest
-    parity: object | None  # export.verify.ParityReport
+    parity: object | None  # export.parity.ParityReport
 
 
 def load_module(kind: str, src: str, dtype: str = "fp32", device: str = "cpu",
@@ -176,7 +176,7 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
 
 
 def _verify(kind, tmp: Path, src, module, dtype, device, trust_remote_code):
-    from embedrank.export.verify import check
+    from embedrank.export.parity import check
     from embedrank.plugin.runtime import Embedder as OnnxEmbedder
     from embedrank.plugin.runtime import Reranker as OnnxReranker
 

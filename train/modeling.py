@@ -125,10 +125,12 @@ class Embedder(_QwenModule):
         texts = check_texts(texts, "documents")
         return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token)
 
+    @torch.no_grad()
     def embed_queries(self, texts, instruction: str | None = None,
                       dim: int | None = None) -> torch.Tensor:
         return _matryoshka(self(**self.batch(self.tokenize_queries(texts, instruction))), dim)
 
+    @torch.no_grad()
     def embed_documents(self, texts, dim: int | None = None) -> torch.Tensor:
         return _matryoshka(self(**self.batch(self.tokenize_documents(texts))), dim)
 
@@ -187,6 +189,7 @@ class Reranker(_QwenModule):
         return encode_rerank_inputs(self.tokenizer, self.prompts, query, documents, instruction,
                                     self.max_length)
 
+    @torch.no_grad()
     def score(self, query: str, documents, instruction: str | None = None) -> torch.Tensor:
         """P(yes) per document, shape [n]."""
         seqs = self.tokenize(query, documents, instruction)

