@@ -114,7 +114,7 @@ def plain_tokenizer(tokenizer):
     return copy
 
 
-def load_tokenizer(path) -> "Tokenizer":  # noqa: F821 - tokenizers is a base dependency
+def load_tokenizer(path) -> Tokenizer:  # noqa: F821 - tokenizers is a base dependency
     from tokenizers import Tokenizer
 
     return plain_tokenizer(Tokenizer.from_file(str(path)))

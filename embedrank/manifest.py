@@ -86,7 +86,8 @@ def read_manifest(directory: str | Path) -> Manifest:
     try:
         data = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path / MANIFEST_NAME} is not valid JSON ({exc}); re-export the model") from None
+        raise ManifestError(f"{path / MANIFEST_NAME} is not valid JSON ({exc}); "
+                            "re-export the model") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{path / MANIFEST_NAME} must hold a JSON object; re-export the model")
     return Manifest.from_dict(data)
