@@ -98,3 +98,9 @@ def verify(model_dir, src, device, json_out) -> None:
             json.dump(report.to_dict(), fh, indent=2)
     if not report.passed:
         sys.exit(1)
+
+from embedrank.plugin.cli_train import merge, synth, train  # noqa: E402
+
+main.add_command(train)
+main.add_command(merge)
+main.add_command(synth)
