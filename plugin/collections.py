@@ -1,0 +1,122 @@
+"""Collections remember their models, in the collection metadata (``create_collection(metadata=)``).
+
+Key ``"embedrank"`` describes the default (unnamed) vector, ``"embedrank:<name>"`` the named
+vector ``<name>``. Each value is ``{"embedder", "fingerprint", "dim", "instruction"}``. The
+first write of an embedrank ``models.Document`` records it; later writes (and queries) with
+another fingerprint or dim raise :class:`CollectionMismatchError` before anything is written.
+Pure functions over ``CollectionInfo``: the sync and async clients do the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from qdrant_client import models
+
+from embedrank.errors import CollectionMismatchError, InputError
+from embedrank.plugin.vectorizer import (
+    Registration,
+    document_instruction,
+    find_documents,
+    registration,
+)
+
+META_KEY = "embedrank"
+
+
+def meta_key(vector_name: str) -> str:
+    return META_KEY if not vector_name else f"{META_KEY}:{vector_name}"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    embedder: str
+    fingerprint: str
+    dim: int
+    instruction: str | None = None
+
+    @classmethod
+    def of(cls, reg: Registration) -> ModelRecord:
+        return cls(reg.name, reg.fingerprint, reg.dim, reg.instruction)
+
+
+@dataclass
+class CollectionState:
+    """What a client needs to know about a collection: model records and vector sizes."""
+
+    name: str
+    records: dict[str, ModelRecord]
+    sizes: dict[str, int | None]  # vector name -> size ("" = default vector)
+
+    @classmethod
+    def from_info(cls, name: str, info: models.CollectionInfo) -> CollectionState:
+        records = {}
+        for key, value in (info.config.metadata or {}).items():
+            if key == META_KEY or key.startswith(META_KEY + ":"):
+                vector_name = key[len(META_KEY) + 1:]
+                try:
+                    records[vector_name] = ModelRecord(**value)
+                except TypeError:
+                    raise CollectionMismatchError(
+                        f"collection {name!r} has an unreadable {key!r} metadata entry ({value!r}); "
+                        f"remove it with update_collection(metadata={{{key!r}: None}})") from None
+        vectors = info.config.params.vectors
+        if isinstance(vectors, models.VectorParams):
+            sizes: dict[str, int | None] = {"": vectors.size}
+        else:
+            sizes = {k: v.size for k, v in (vectors or {}).items()}
+        return cls(name, records, sizes)
+
+    def check(self, vector_name: str, reg: Registration) -> ModelRecord | None:
+        """Raise if ``reg`` cannot write/query ``vector_name``; return a record to store, if new."""
+        if vector_name not in self.sizes:
+            where = "the default vector" if not vector_name else f"vector {vector_name!r}"
+            raise InputError(f"collection {self.name!r} has no {where}; its vectors are "
+                             f"{sorted(self.sizes) or 'none'} (\"\" = default)")
+        size = self.sizes[vector_name]
+        label = "" if not vector_name else f" (vector {vector_name!r})"
+        if size is not None and size != reg.dim:
+            raise CollectionMismatchError(
+                f"collection {self.name!r}{label} holds {size}-d vectors but embedder "
+                f"{reg.name!r} makes {reg.dim}-d ones: register it with dim={size} "
+                "(Matryoshka) or use a collection of that size")
+        record = self.records.get(vector_name)
+        if record is None:
+            return ModelRecord.of(reg)
+        if record.fingerprint != reg.fingerprint or record.dim != reg.dim:
+            raise CollectionMismatchError(
+                f"collection {self.name!r}{label} was built with embedder {record.embedder!r} "
+                f"(fingerprint {record.fingerprint[:12]}, dim {record.dim}); {reg.name!r} has "
+                f"fingerprint {reg.fingerprint[:12]}, dim {reg.dim}. Register the original model "
+                "directory, or re-embed into a new collection")
+        return None
+
+    def plan(self, obj: Any, name: str = "") -> dict[str, dict]:
+        """Check every embedrank document in ``obj``; return the metadata to add (maybe empty)."""
+        new: dict[str, dict] = {}
+        for vector_name, doc in find_documents(obj, name):
+            reg = registration(doc.model)
+            record = self.check(vector_name, reg)
+            if record is not None:
+                new.setdefault(meta_key(vector_name), asdict(record))
+        return new
+
+    def remember(self, metadata: dict[str, dict]) -> None:
+        for key, value in metadata.items():
+            vector_name = "" if key == META_KEY else key[len(META_KEY) + 1:]
+            self.records[vector_name] = ModelRecord(**value) if value is not None else None
+        self.records = {k: v for k, v in self.records.items() if v is not None}
+
+    def default_instruction(self, vector_name: str, model_name: str) -> str | None:
+        """The collection's query instruction for a vector: its record, else the registration's."""
+        record = self.records.get(vector_name)
+        if record is not None and record.instruction is not None:
+            return record.instruction
+        reg = registration(model_name)
+        return reg.instruction if reg is not None else None
+
+    def instruction_for(self, vector_name: str, doc: models.Document) -> str | None:
+        """Query instruction: per-query option > collection record > registration > model."""
+        given, instruction = document_instruction(doc)
+        return instruction if given else self.default_instruction(vector_name, doc.model)
