@@ -1,0 +1,100 @@
+"""``embedrank ingest | query | demo``: Qdrant from the command line (parse, then call)."""
+
+from __future__ import annotations
+
+import click
+
+from embedrank.plugin.ingest import (
+    count_lines,
+    hits_table,
+    ingest_records,
+    model_name,
+    open_client,
+    read_records,
+)
+
+_DIR = click.Path(exists=True, file_okay=False)
+
+
+def _target(fn):
+    fn = click.option("--url", default=None, help="A Qdrant server, e.g. http://localhost:6333.")(fn)
+    return click.option("--path", "db", default=None, type=click.Path(file_okay=False),
+                        help="Qdrant local mode database directory.")(fn)
+
+
+@click.command()
+@click.argument("collection")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--embedder", required=True, type=_DIR, help="Exported embedder directory.")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--id-field", default="id", show_default=True,
+              help="Field whose value makes the point id (uuid5); records without it use the text.")
+@_target
+@click.option("--batch-size", default=64, show_default=True, type=int)
+def ingest(collection, file, embedder, text_field, id_field, db, url, batch_size) -> None:
+    """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes."""
+    from tqdm import tqdm
+
+    from embedrank.plugin.vectorizer import register_embedder
+
+    if not db and not url:
+        raise click.UsageError("give --path DB (local mode) or --url URL (a Qdrant server)")
+    name = model_name(embedder)
+    register_embedder(name, embedder)
+    client = open_client(db, url)
+    try:
+        with tqdm(total=count_lines(file), unit="line", desc=collection) as bar:
+            result = ingest_records(client, collection, read_records(file), name,
+                                    text_field=text_field, id_field=id_field,
+                                    batch_size=batch_size, source=file, progress=bar.update)
+    finally:
+        client.close()
+    click.echo(f"{collection}: {result.added} added, {result.skipped} already present")
+
+
+@click.command()
+@click.argument("collection")
+@click.argument("text")
+@click.option("--embedder", required=True, type=_DIR, help="Exported embedder directory.")
+@click.option("--reranker", default=None, type=_DIR, help="Exported reranker: rerank the top-k.")
+@click.option("--limit", default=10, show_default=True, type=int)
+@click.option("--top-k", default=100, show_default=True, type=int,
+              help="Candidates the reranker reads.")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--instruction", default=None, help="Task instruction for the query.")
+@_target
+def query(collection, text, embedder, reranker, limit, top_k, text_field, instruction, db,
+          url) -> None:
+    """Search COLLECTION for TEXT and print rank, id, score and a text snippet."""
+    from qdrant_client import models
+
+    from embedrank.plugin.vectorizer import register_embedder
+
+    if not db and not url:
+        raise click.UsageError("give --path DB (local mode) or --url URL (a Qdrant server)")
+    name = model_name(embedder)
+    register_embedder(name, embedder)
+    client = open_client(db, url)
+    try:
+        if reranker:
+            client.set_reranker(collection, reranker, text_field=text_field, top_k=top_k)
+        options = {"instruction": instruction} if instruction is not None else None
+        hits = client.query_points(collection, query=models.Document(
+            text=text, model=name, options=options), limit=limit).points
+    finally:
+        client.close()
+    click.echo(hits_table(hits, text_field))
+
+
+@click.command()
+@click.option("--embedder", default=None, type=_DIR,
+              help="Exported embedder [default: export Qwen/Qwen3-Embedding-0.6B from the hub].")
+@click.option("--reranker", default=None, type=_DIR,
+              help="Exported reranker [default: export Qwen/Qwen3-Reranker-0.6B from the hub].")
+@click.option("--path", "db", default=None, type=click.Path(file_okay=False),
+              help="Qdrant local mode directory [default: in memory].")
+def demo(embedder, reranker, db) -> None:
+    """Ingest a small corpus and answer queries without and with rerank, side by side."""
+    from embedrank.plugin.demo import run_demo
+
+    run_demo(embedder, reranker, db, echo=click.echo)

@@ -1,0 +1,149 @@
+"""JSONL / CSV ingestion into Qdrant with deterministic ids (a rerun resumes), and result tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import models
+
+from embedrank.errors import InputError
+from embedrank.plugin.qdrant import QdrantClient
+from embedrank.plugin.vectorizer import registration
+
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/embedrank/ingest")
+
+
+def open_client(path: str | None = None, url: str | None = None) -> QdrantClient:
+    """``--url`` for a server, ``--path`` for local mode on disk, else an in-memory database."""
+    if path and url:
+        raise InputError("give either --path (local mode) or --url (a Qdrant server), not both")
+    if url:
+        return QdrantClient(url=url)
+    return QdrantClient(path=str(path)) if path else QdrantClient(":memory:")
+
+
+def model_name(model_dir: str | os.PathLike) -> str:
+    """The name the CLI registers a model directory under (recorded in the collection)."""
+    return Path(model_dir).resolve().name
+
+
+def point_id(record: dict, text: str, id_field: str) -> str:
+    """uuid5 of the record's id field when it has one, else of its text."""
+    key = record.get(id_field)
+    return str(uuid.uuid5(ID_NAMESPACE, f"id:{key}" if key is not None else f"text:{text}"))
+
+
+def read_records(file: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for a .jsonl/.ndjson or .csv file; errors come as values."""
+    path = Path(file)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv"):
+        raise InputError(f"{path}: unknown format {suffix!r}; use .jsonl (one JSON object per "
+                         "line) or .csv (with a header row)")
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    with open(path, encoding="utf-8", newline="") as fh:
+        if suffix == ".csv":
+            reader = csv.DictReader(fh)
+            for row in reader:
+                yield reader.line_num, ({k: v for k, v in row.items() if k is not None}
+                                        if None not in row else InputError("too many fields"))
+            return
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, InputError(f"invalid JSON ({exc.msg})")
+
+
+def count_lines(file: str | os.PathLike) -> int:
+    with open(file, "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def _checked(file: Any, number: int, record: Any, text_field: str) -> dict:
+    if isinstance(record, InputError):
+        raise InputError(f"{file}:{number}: {record}; fix the line and rerun (finished batches "
+                         "are kept, the rerun resumes)")
+    if not isinstance(record, dict):
+        raise InputError(f"{file}:{number}: expected a JSON object, got {type(record).__name__}")
+    text = record.get(text_field)
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{file}:{number}: no text in field {text_field!r} (use --text-field "
+                         "to name the field that holds the passage)")
+    return record
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class IngestResult:
+    added: int = 0
+    skipped: int = 0
+
+
+def ensure_collection(client: QdrantClient, collection: str, model: str) -> None:
+    if not client.collection_exists(collection):
+        client.create_collection(collection, vectors_config=models.VectorParams(
+            size=registration(model).dim, distance=models.Distance.COSINE))
+
+
+def ingest_records(client: QdrantClient, collection: str, numbered: Iterable[tuple[int, Any]],
+                   model: str, *, text_field: str = "text", id_field: str = "id",
+                   batch_size: int = 64, source: Any = "<records>",
+                   progress: Callable[[int], None] | None = None) -> IngestResult:
+    """Embed and upsert records batch by batch; ids already in the collection are skipped.
+
+    A malformed record raises :class:`InputError` naming its line before its batch is written.
+    """
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    ensure_collection(client, collection, model)
+    result = IngestResult()
+    for batch in batched(numbered, batch_size):
+        rows = [_checked(source, n, record, text_field) for n, record in batch]
+        ids = [point_id(row, row[text_field], id_field) for row in rows]
+        existing = {str(r.id) for r in client.retrieve(collection, ids, with_payload=False)}
+        fresh = {i: row for i, row in zip(ids, rows, strict=True) if i not in existing}
+        if fresh:
+            client.upsert(collection, [models.PointStruct(
+                id=i, vector=models.Document(text=row[text_field], model=model), payload=row)
+                for i, row in fresh.items()])
+        result.added += len(fresh)
+        result.skipped += len(rows) - len(fresh)
+        if progress is not None:
+            progress(len(batch))
+    return result
+
+
+def hits_table(hits: list, text_field: str = "text", width: int = 60) -> str:
+    """rank, id, score, text snippet: one aligned row per hit."""
+    rows = [("rank", "id", "score", "text")]
+    for rank, hit in enumerate(hits, 1):
+        rows.append((str(rank), str(hit.id), f"{hit.score:.4f}",
+                     snippet(str((hit.payload or {}).get(text_field, "")), width)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}"
+                     for r in rows)
+
+
+def snippet(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
