@@ -104,3 +104,9 @@ from embedrank.plugin.cli_train import merge, synth, train  # noqa: E402
 main.add_command(train)
 main.add_command(merge)
 main.add_command(synth)
+
+from embedrank.plugin.cli_qdrant import demo, ingest, query  # noqa: E402
+
+main.add_command(ingest)
+main.add_command(query)
+main.add_command(demo)
