@@ -39,7 +39,7 @@ def default_model(kind: str, echo: Callable[[str], None] = print) -> Path:
     except Exception as exc:  # offline hub, missing torch extra, disk...: all end the same way
         raise EmbedrankError(
             f"cannot export {HUB_MODELS[kind]} from the Hugging Face hub ({type(exc).__name__}: "
-            f"{(str(exc).splitlines() or [''])[0][:160]}). Pass exported model directories instead: embedrank demo "
+            f"{first_line(exc)}). Pass exported model directories instead: embedrank demo "
             "--embedder DIR --reranker DIR (make them with `embedrank export embedder|reranker "
             "SRC OUT`)") from None
 
@@ -85,3 +85,7 @@ def side_by_side(query: str, plain: list, reranked: list, width: int = 44) -> st
                 cells.append(" " * (width + 8))
         lines.append((f"{rank + 1:>2} " + "  ".join(cells)).rstrip())
     return "\n".join(lines)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:160]

@@ -65,7 +65,7 @@ def test_issue_snippet_runs_as_written(tmp_path, monkeypatch, embedder_dir, rera
     os.symlink(reranker_dir, "models/reranker")
     text = CORPUS[3]["text"]
     # --- the snippet from the issue, with size=64 for the tiny test model
-    from qdrant_client import models
+    from qdrant_client import models  # noqa: I001
     from embedrank.plugin import QdrantClient, register_embedder
 
     register_embedder("docs-embedder", "models/embedder")   # a model name for models.Document
