@@ -60,7 +60,8 @@ def _train_options(fn):
 
 
 def _run_train(kind: str, eval_file, **kwargs) -> None:
-    from embedrank.train.trainer import TrainConfig, train as run
+    from embedrank.train.trainer import TrainConfig
+    from embedrank.train.trainer import train as run
 
     result = run(kind, TrainConfig(eval=eval_file, **kwargs))
     for scores in result.evals:

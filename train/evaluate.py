@@ -50,8 +50,8 @@ def embedder_run(model: Embedder, data: EvalSet, batch_size: int = 32,
     model.train(was_training)
     scores = q @ d.T
     top = scores.topk(min(depth, len(docids)), dim=1)
-    return {qid: {docids[j]: float(s) for s, j in zip(vals.tolist(), idx.tolist())}
-            for qid, vals, idx in zip(data.queries, top.values, top.indices)}
+    rows = zip(data.queries, top.values.tolist(), top.indices.tolist(), strict=True)
+    return {qid: {docids[j]: s for s, j in zip(vals, idx, strict=True)} for qid, vals, idx in rows}
 
 
 @torch.no_grad()
@@ -69,7 +69,7 @@ def reranker_run(model: Reranker, data: EvalSet,
         for start in range(0, len(seqs), batch_size):
             with autocast(model.device):
                 logits += model(**model.batch(seqs[start:start + batch_size])).float().tolist()
-        run[qid] = dict(zip(docids, logits))
+        run[qid] = dict(zip(docids, logits, strict=True))
     model.train(was_training)
     return run
 

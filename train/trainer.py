@@ -129,7 +129,8 @@ def embedder_loss(model: Embedder, groups: Sequence[Group], cfg: TrainConfig) ->
     pos_ids = torch.tensor([text_id(g.pos) for g in groups], device=model.device)
     kw = dict(temperature=cfg.temperature, margin=cfg.margin, pos_ids=pos_ids)
     if cfg.chunk_size:
-        return cached_infonce_backward(model, q, p, n, chunk_size=cfg.chunk_size, **kw)
+        return cached_infonce_backward(lambda b: model(**b), q, p, n, chunk_size=cfg.chunk_size,
+                                       **kw)
     d_neg = model(**n).view(len(groups), cfg.negatives, -1) if n is not None else None
     return improved_infonce(model(**q), model(**p), d_neg, **kw)
 
@@ -251,7 +252,7 @@ def train(kind: str, cfg: TrainConfig) -> TrainResult:
             _log(out, {"eval": scores})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()
                                                    if k != "step"))
-        if step:
+        if step and cfg.save_every:
             save_checkpoint(module, opt, sched, step, out)
 
     stream = batcher.stream(step * cfg.grad_accum)
