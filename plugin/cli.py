@@ -110,3 +110,7 @@ from embedrank.plugin.cli_qdrant import demo, ingest, query  # noqa: E402
 main.add_command(ingest)
 main.add_command(query)
 main.add_command(demo)
+
+from embedrank.plugin.cli_bench import bench  # noqa: E402
+
+main.add_command(bench)

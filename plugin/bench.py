@@ -1,0 +1,312 @@
+"""``embedrank bench``: throughput and latency of the ONNX runtime, with PyTorch side by side.
+
+Torch-free: the PyTorch backends (``--against torch|torch-compile``) and the random-weight
+models (``--random-arch``) live in :mod:`embedrank.export.bench_torch`, imported only then.
+
+Inputs are realistic variable-length documents: lengths drawn uniformly from a range (seeded),
+texts built from whole-word vocabulary tokens so that a text of ``n - 1`` words is ``n`` tokens
+with the end-of-text token. Every backend gets the same texts and makes the same batches
+(token budget, longest first), so the figures compare engines, not batching.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedrank.errors import InputError
+from embedrank.formats import encode_embedding_inputs, encode_rerank_inputs, plan_batches
+from embedrank.plugin.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, Embedder, Reranker
+
+BACKENDS = ("onnx", "torch", "torch-compile")
+COLLECTION = "embedrank-bench"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    device: str = "cpu"
+    lengths: tuple[int, int] = (32, 512)  # document lengths in tokens, drawn uniformly
+    batch_size: int = 64  # documents per embedding call
+    docs: int = 1024  # documents embedded per backend (and ingested)
+    rerank_calls: int = 20  # one query + ``rerank_docs`` documents each
+    rerank_docs: int = 100
+    queries: int = 20  # embed + search + rerank round trips
+    warmup: int = 2  # untimed calls before each measurement
+    sweep_points: int = 5  # fixed lengths for the throughput-vs-length curve
+    sweep_repeats: int = 3
+    seed: int = 0
+    against: tuple[str, ...] = ()  # "torch", "torch-compile"
+
+    def __post_init__(self) -> None:
+        lo, hi = self.lengths
+        if not 2 <= lo <= hi:
+            raise InputError(f"lengths must satisfy 2 <= min <= max, got {lo}:{hi}")
+        for name in ("batch_size", "docs", "rerank_calls", "rerank_docs", "queries"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        unknown = set(self.against) - set(BACKENDS[1:])
+        if unknown:
+            raise InputError(f"--against takes {BACKENDS[1:]}, got {sorted(unknown)}")
+
+
+def parse_lengths(text: str) -> tuple[int, int]:
+    """'32:512' -> (32, 512); '256' -> (256, 256)."""
+    try:
+        lo, _, hi = text.partition(":")
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise InputError(f"lengths must look like MIN:MAX (e.g. 32:512), got {text!r}") from None
+
+
+# ---------------------------------------------------------------- inputs
+def word_pool(tokenizer) -> list[str]:
+    """Lower-case ASCII words that are one vocabulary token each with their leading space."""
+    words = sorted(t[1:] for t in tokenizer.get_vocab() if t.startswith("Ġ") and
+                   t[1:].isascii() and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 11)
+    if len(words) < 100:
+        raise InputError("the tokenizer has too few whole-word tokens to build benchmark texts")
+    return words
+
+
+def make_texts(words: Sequence[str], lengths: Sequence[int], rng: np.random.Generator) -> list[str]:
+    """One text per length: ``n - 1`` words (+ the end-of-text token = ``n`` tokens)."""
+    return ["".join(" " + w for w in rng.choice(words, size=max(1, n - 1))) for n in lengths]
+
+
+def draw_lengths(cfg: BenchConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(cfg.lengths[0], cfg.lengths[1] + 1, size=n)
+
+
+def sweep_lengths(cfg: BenchConfig) -> list[int]:
+    lo, hi = cfg.lengths
+    points = np.geomspace(lo, hi, max(1, cfg.sweep_points)) if hi > lo else [lo]
+    return sorted({int(round(p)) for p in points})
+
+
+def padding_waste(lengths: Sequence[int], batch_size: int) -> dict[str, float]:
+    """Share of padded tokens: arrival-order batches vs the runtime's length-sorted plan."""
+    lengths = list(lengths)
+
+    def waste(batches: list[list[int]]) -> float:
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        return 1.0 - sum(lengths) / padded
+
+    fixed = [list(range(i, min(i + batch_size, len(lengths))))
+             for i in range(0, len(lengths), batch_size)]
+    planned = [[c[i] for i in b] for c in fixed
+               for b in plan_batches([lengths[i] for i in c], DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_BATCH)]
+    return {"unsorted": waste(fixed), "runtime_plan": waste(planned)}
+
+
+# ---------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    latencies_ms: list[float]
+    docs: int
+    tokens: int
+    seconds: float
+
+    def summary(self) -> dict[str, float]:
+        lat = np.asarray(self.latencies_ms)
+        return {"docs_per_s": self.docs / self.seconds, "tokens_per_s": self.tokens / self.seconds,
+                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def time_calls(fn: Callable, calls: Sequence[tuple], docs: Sequence[int], tokens: Sequence[int],
+               warmup: int) -> Timing:
+    """Time ``fn(*args)`` per call, after ``warmup`` untimed calls (cycled from the same list)."""
+    for i in range(warmup):
+        fn(*calls[i % len(calls)])
+    latencies = []
+    for args in calls:
+        start = time.perf_counter()
+        fn(*args)
+        latencies.append((time.perf_counter() - start) * 1e3)
+    return Timing(latencies, sum(docs), sum(tokens), sum(latencies) / 1e3)
+
+
+class Workload:
+    """The seeded texts every backend sees, with their token counts (from the ONNX tokenizer)."""
+
+    def __init__(self, cfg: BenchConfig, embedder: Embedder) -> None:
+        rng = np.random.default_rng(cfg.seed)
+        self.cfg = cfg
+        self.tokenizer = embedder.tokenizer
+        self.prompts = embedder.manifest.prompts
+        self.max_length = embedder.max_length
+        self.words = word_pool(self.tokenizer)
+        self.docs = make_texts(self.words, draw_lengths(cfg, cfg.docs, rng), rng)
+        self.chunks = [self.docs[i:i + cfg.batch_size] for i in range(0, cfg.docs, cfg.batch_size)]
+        self.chunk_tokens = [sum(map(len, self.encode(c))) for c in self.chunks]
+        self.queries = make_texts(self.words, rng.integers(8, 33, size=cfg.queries), rng)
+        self.rerank_sets = [
+            (q, make_texts(self.words, draw_lengths(cfg, cfg.rerank_docs, rng), rng))
+            for q in make_texts(self.words, rng.integers(8, 33, size=cfg.rerank_calls), rng)]
+        self.sweep = {n: make_texts(self.words, [n] * cfg.batch_size, rng) for n in sweep_lengths(cfg)}
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token)
+
+    def rerank_tokens(self, query: str, docs: Sequence[str], max_length: int) -> int:
+        seqs = encode_rerank_inputs(self.tokenizer, self.prompts, query, docs, None, max_length)
+        return sum(map(len, seqs))
+
+
+# ---------------------------------------------------------------- backends
+class OnnxBackend:
+    def __init__(self, embedder: Embedder | None, reranker: Reranker | None) -> None:
+        self.embedder, self.reranker = embedder, reranker
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.embed_documents(texts)
+
+    def rerank(self, query: str, documents: list[str]) -> np.ndarray:
+        return self.reranker.score(query, documents)
+
+
+def _backend(name: str, kind: str, model_dir: Path, onnx: OnnxBackend, device: str):
+    if name == "onnx":
+        return onnx
+    from embedrank.export.bench_torch import torch_backend
+
+    return torch_backend(kind, model_dir, device, name)
+
+
+def _release(name: str) -> None:
+    """Free a PyTorch backend's memory (the caller has dropped its reference)."""
+    if name == "onnx":
+        return
+    gc.collect()
+    from embedrank.export.bench_torch import free_device_memory
+
+    free_device_memory()
+
+
+def bench_embed(backend, work: Workload) -> tuple[Timing, dict[int, float]]:
+    cfg = work.cfg
+    timing = time_calls(backend.embed, [(c,) for c in work.chunks], [len(c) for c in work.chunks],
+                        work.chunk_tokens, cfg.warmup)
+    sweep = {}
+    for n, texts in work.sweep.items():
+        tokens = sum(map(len, work.encode(texts)))
+        t = time_calls(backend.embed, [(texts,)] * cfg.sweep_repeats, [len(texts)] * cfg.sweep_repeats,
+                       [tokens] * cfg.sweep_repeats, 1)
+        sweep[n] = tokens / (float(np.median(t.latencies_ms)) / 1e3)
+    return timing, sweep
+
+
+def bench_rerank(backend, work: Workload, max_length: int) -> Timing:
+    sets = work.rerank_sets
+    return time_calls(backend.rerank, sets, [len(d) for _, d in sets],
+                      [work.rerank_tokens(q, d, max_length) for q, d in sets], work.cfg.warmup)
+
+
+# ---------------------------------------------------------------- ingest and query
+def bench_ingest_query(embedder: Embedder, reranker: Reranker | None, work: Workload,
+                       top_k: int = 100) -> tuple[dict, Timing]:
+    """Through the plugin's Qdrant client (in-memory local mode): upserts of
+    ``models.Document`` points (auto-embedded) vs raw ``embed_documents`` docs/s; then text
+    queries (embed + search + rerank of the top ``top_k``)."""
+    from qdrant_client import models
+
+    from embedrank.plugin import QdrantClient, register_embedder
+
+    register_embedder(COLLECTION, embedder)
+    client = QdrantClient(":memory:")
+    client.create_collection(COLLECTION, vectors_config=models.VectorParams(
+        size=embedder.dim, distance=models.Distance.COSINE))
+    start, next_id = time.perf_counter(), 0
+    for chunk in work.chunks:
+        client.upsert(COLLECTION, points=[
+            models.PointStruct(id=next_id + i, payload={"text": text},
+                               vector=models.Document(text=text, model=COLLECTION))
+            for i, text in enumerate(chunk)], wait=True)
+        next_id += len(chunk)
+    total = time.perf_counter() - start
+    start = time.perf_counter()
+    for chunk in work.chunks:
+        embedder.embed_documents(chunk)
+    embed_s = time.perf_counter() - start
+    ingest = {"docs_per_s": len(work.docs) / total, "embed_only_docs_per_s": len(work.docs) / embed_s}
+    if reranker is not None:
+        client.set_reranker(COLLECTION, reranker, text_field="text", top_k=top_k)
+
+    def query(text: str) -> None:
+        client.query_points(COLLECTION, query=models.Document(text=text, model=COLLECTION),
+                            limit=10 if reranker is not None else top_k)
+
+    timing = time_calls(query, [(q,) for q in work.queries], [1] * len(work.queries),
+                        [0] * len(work.queries), work.cfg.warmup)
+    client.close()
+    return ingest, timing
+
+
+# ---------------------------------------------------------------- driver
+def describe_device(device: str) -> str:
+    if device.startswith("cuda"):
+        try:
+            name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=20).stdout.split("\n")[0]
+        except (OSError, subprocess.SubprocessError):
+            name = "unknown GPU"
+        return f"{device} ({name.strip()})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_bench(embedder_dir: str | Path, reranker_dir: str | Path | None, cfg: BenchConfig,
+              model: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """All measurements; :func:`summary` turns them into the ``--json`` schema."""
+    embedder = Embedder.load(embedder_dir, cfg.device)
+    reranker = Reranker.load(reranker_dir, cfg.device) if reranker_dir else None
+    onnx = OnnxBackend(embedder, reranker)
+    work = Workload(cfg, embedder)
+    full = {"device": describe_device(cfg.device),
+            "model": model or Path(embedder.manifest.source or embedder_dir).name,
+            "config": asdict(cfg), "dtype": embedder.manifest.dtype,
+            "padding_waste": padding_waste([len(s) for s in work.encode(work.docs)], cfg.batch_size),
+            "embed": {}, "rerank": {}, "latencies_ms": {"embed": {}, "rerank": {}}, "sweep": {}}
+    names = ("onnx", *[b for b in BACKENDS[1:] if b in cfg.against])
+    for name in names:
+        log(f"embed: {name}")
+        backend = _backend(name, "embedder", Path(embedder_dir), onnx, cfg.device)
+        timing, full["sweep"][name] = bench_embed(backend, work)
+        full["embed"][name] = timing.summary()
+        log(f"embed {name}: {_figures(full['embed'][name])}")
+        full["latencies_ms"]["embed"][name] = timing.latencies_ms
+        backend = None
+        _release(name)
+    for name in names if reranker else ():
+        log(f"rerank top-{cfg.rerank_docs}: {name}")
+        backend = _backend(name, "reranker", Path(reranker_dir), onnx, cfg.device)
+        timing = bench_rerank(backend, work, reranker.max_length)
+        full["rerank"][name] = timing.summary()
+        log(f"rerank {name}: {_figures(full['rerank'][name])}")
+        full["latencies_ms"]["rerank"][name] = timing.latencies_ms
+        backend = None
+        _release(name)
+    log("ingest into Qdrant (in memory) and query")
+    full["ingest"], query = bench_ingest_query(embedder, reranker, work)
+    full["query"] = {k: v for k, v in query.summary().items() if k.endswith("_ms")}
+    full["latencies_ms"]["query"] = query.latencies_ms
+    return full
+
+
+def _figures(m: dict) -> str:
+    return ", ".join(f"{k} {v:,.1f}" for k, v in m.items())
+
+
+def summary(full: dict) -> dict:
+    """The ``--json`` schema: device, model, embed, rerank, ingest, query (as measured)."""
+    out = {"device": full["device"], "model": full["model"]}
+    for key in ("embed", "rerank", "ingest", "query"):
+        if full.get(key):
+            out[key] = full[key]
+    return out
