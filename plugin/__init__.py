@@ -1,10 +1,7 @@
 """Serving side (no torch): ONNX Runtime embedder / reranker, Qdrant integration, CLI."""
 
 from embedrank.errors import EmbedrankError
-from embedrank.plugin.qdrant import QdrantClient
-from embedrank.plugin.qdrant_async import AsyncQdrantClient
 from embedrank.plugin.runtime import Embedder, Reranker
-from embedrank.plugin.vectorizer import register_embedder
 
 __all__ = [
     "AsyncQdrantClient",
@@ -14,3 +11,17 @@ __all__ = [
     "Reranker",
     "register_embedder",
 ]
+
+_LAZY = {  # qdrant-client takes ~1 s to import: only when asked for
+    "QdrantClient": "embedrank.plugin.qdrant",
+    "AsyncQdrantClient": "embedrank.plugin.qdrant_async",
+    "register_embedder": "embedrank.plugin.vectorizer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'embedrank.plugin' has no attribute {name!r}")

@@ -1,17 +1,11 @@
-"""``embedrank ingest | query | demo``: Qdrant from the command line (parse, then call)."""
+"""``embedrank ingest | query | demo``: Qdrant from the command line (parse, then call).
+
+qdrant-client is imported inside the commands: it takes a second to import.
+"""
 
 from __future__ import annotations
 
 import click
-
-from embedrank.plugin.ingest import (
-    count_lines,
-    hits_table,
-    ingest_records,
-    model_name,
-    open_client,
-    read_records,
-)
 
 _DIR = click.Path(exists=True, file_okay=False)
 
@@ -35,6 +29,13 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, batch_size
     """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes."""
     from tqdm import tqdm
 
+    from embedrank.plugin.ingest import (
+        count_lines,
+        ingest_records,
+        model_name,
+        open_client,
+        read_records,
+    )
     from embedrank.plugin.vectorizer import register_embedder
 
     if not db and not url:
@@ -68,6 +69,7 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
     """Search COLLECTION for TEXT and print rank, id, score and a text snippet."""
     from qdrant_client import models
 
+    from embedrank.plugin.ingest import hits_table, model_name, open_client
     from embedrank.plugin.vectorizer import register_embedder
 
     if not db and not url:
