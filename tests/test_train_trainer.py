@@ -105,7 +105,8 @@ def test_merge_export_and_qdrant_query(trained, tmp_path):
     client.create_collection("docs", vectors_config=models.VectorParams(
         size=emb.dim, distance=models.Distance.COSINE))
     client.upsert("docs", [models.PointStruct(id=i, vector=v.tolist(), payload={"text": t})
-                           for i, (t, v) in enumerate(zip(docs, emb.embed_documents(docs), strict=True))])
+                           for i, (t, v) in enumerate(zip(docs, emb.embed_documents(docs),
+                                                          strict=True))])
     query = "who wrote hamlet"
     hits = client.query_points("docs", query=emb.embed_queries([query])[0].tolist(),
                                limit=len(docs)).points
@@ -152,7 +153,8 @@ def test_gradcache_chunks_give_the_same_loss_and_gradients(tiny_ckpt, data_file)
                                       if p.requires_grad]))
         model.zero_grad()
     assert np.isclose(results[0][0], results[1][0], atol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(results[0][1], results[1][1], strict=True))
+    pairs = zip(results[0][1], results[1][1], strict=True)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in pairs)
 
 
 def test_reranker_full_finetune_from_cli(tiny_ckpt, data_file, tmp_path):
