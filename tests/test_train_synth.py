@@ -58,16 +58,17 @@ def scripted_llm(seen: list[str]):
             if "Candidate characters" in p:
                 first = re.search(r"^1\. (.+)$", p, re.M).group(1)
                 out.append("not json at all" if "BAD-CONFIG" in passage else
-                           'Sure! ```json\n{"Character": "%s", "Question_Type": "Acquire '
-                           'Knowledge", "Difficulty": "University"}\n```' % first)
+                           "Sure! ```json\n" + json.dumps({"Character": first,
+                           "Question_Type": "Acquire Knowledge", "Difficulty": "University"})
+                           + "\n```")
             elif "BAD-QUERY" in passage:
                 out.append('{"Query": ""}')
             elif "LOW-COSINE" in passage:
                 out.append('{"Query": "completely different words"}')
             elif "Take the role" in p:
-                out.append('{"Query": %s} trailing chatter' % json.dumps(passage[:40]))
+                out.append(json.dumps({"Query": passage[:40]}) + " trailing chatter")
             elif "Translate" in p:
-                out.append('{"translation": %s}' % json.dumps(passage.upper()))
+                out.append(json.dumps({"translation": passage.upper()}))
             elif "similarity" in p:
                 out.append(json.dumps({"paraphrase": passage[:30], "related": "x y",
                                        "unrelated": "quantum chromodynamics"}))
