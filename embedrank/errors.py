@@ -30,6 +30,10 @@ class ParityError(EmbedrankError):
     """An exported graph does not reproduce the PyTorch reference within tolerance."""
 
 
+class FusionError(EmbedrankError):
+    """The fused export found no attention / RMSNorm pattern to fuse in the graph."""
+
+
 class CollectionMismatchError(EmbedrankError):
     """A Qdrant collection was built with another embedder (fingerprint, dim or instruction)."""
 

@@ -18,12 +18,16 @@ import torch
 from torch import nn
 
 from embedrank.errors import InputError, ParityError
+from embedrank.export.fused import FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest, fingerprint
 from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-DEFAULT_OPSET = 17
+# torch dtype the module is loaded in; "int8" exports an fp32 graph, then quantizes it
+# (export/quantize.py, recipe DEFAULT_RECIPE) and checks it against the fp32 module.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
+DEFAULT_OPSET = 17  # TorchScript; the fused (dynamo) export uses FUSED_OPSET
+OPTIMIZE = ("fused", "none")
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB
 EXTERNAL_DATA_NAME = GRAPH_NAME + ".data"
 
@@ -71,8 +75,12 @@ def load_module(kind: str, src: str, dtype: str = "fp32", device: str = "cpu",
                                trust_remote_code=trust_remote_code)
 
 
-def _trace(graph: nn.Module, kind: str, path: Path, opset: int, device: str) -> None:
-    ids = torch.tensor([[0, 0, 151643, 151643], [9707, 11, 1879, 151643]], device=device)
+def _trace(graph: nn.Module, kind: str, path: Path, opset: int, device: str, module) -> None:
+    """Trace on a left-padded batch of ids the model's own tokenizer produces (any vocab size)."""
+    pad, eot = module.pad_id, module.eot_id
+    words = module.tokenizer.encode("Hello, world", add_special_tokens=False).ids[:3]
+    words = (words + [eot] * 3)[:3]
+    ids = torch.tensor([[pad, pad, eot, eot], [*words, eot]], device=device)
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], device=device)
     output = OUTPUT_NAMES[kind]
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
@@ -115,7 +123,8 @@ def _name_output_dims(path: Path, kind: str, dim: int) -> None:
     onnx.save_model(model, str(path))
 
 
-def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str) -> Manifest:
+def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str,
+              extra: dict | None = None) -> Manifest:
     tok = module.tokenizer
     dim = module.model.config.hidden_size
     return Manifest(
@@ -125,7 +134,7 @@ def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str) ->
         matryoshka_dims=(min(MIN_MATRYOSHKA_DIM, dim), dim) if kind == "embedder" else None,
         yes_token_id=tok.token_to_id(module.prompts.yes_token) if kind == "reranker" else None,
         no_token_id=tok.token_to_id(module.prompts.no_token) if kind == "reranker" else None,
-        output=OUTPUT_NAMES[kind], source=str(src),
+        output=OUTPUT_NAMES[kind], source=str(src), extra=extra or {},
     )
 
 
@@ -137,14 +146,23 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
-                 opset: int = DEFAULT_OPSET, max_length: int | None = None, verify: bool = True,
-                 overwrite: bool = False, device: str = "cpu",
-                 trust_remote_code: bool = False) -> ExportResult:
-    """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``."""
+                 opset: int | None = None, max_length: int | None = None, verify: bool = True,
+                 overwrite: bool = False, device: str = "cpu", trust_remote_code: bool = False,
+                 optimize: str | None = None) -> ExportResult:
+    """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``.
+
+    ``optimize``: "fused" (dynamo export + ONNX Runtime contrib-op fusions, see
+    :mod:`embedrank.export.fused`) or "none" (TorchScript export, unfused); default "fused"
+    on CUDA, "none" on CPU. A failed fusion raises; it never falls back to "none" by itself.
+    """
     if kind not in OUTPUT_NAMES:
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    optimize = optimize or ("fused" if device.startswith("cuda") else "none")
+    if optimize not in OPTIMIZE:
+        raise InputError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
+    opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
     _prepare_out(out, overwrite)
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
@@ -154,14 +172,26 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
     try:
         graph_dir = tmp / "graph"
         graph_dir.mkdir()
-        _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device)
-        _consolidate(graph_dir / GRAPH_NAME)
-        _name_output_dims(graph_dir / GRAPH_NAME, kind, module.model.config.hidden_size)
+        extra = {"optimize": optimize}
+        if optimize == "fused":
+            extra["exporter"] = "torch.onnx dynamo + onnxscript ort_fusions"
+            extra["fused_ops"] = export_fused(
+                graph, kind, graph_dir / GRAPH_NAME, output=OUTPUT_NAMES[kind],
+                dim=module.model.config.hidden_size, module=module, device=torch_device,
+                opset=opset, external_threshold=EXTERNAL_DATA_THRESHOLD,
+                external_name=EXTERNAL_DATA_NAME)
+        else:
+            extra["exporter"] = "torch.onnx TorchScript"
+            _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device, module)
+            _consolidate(graph_dir / GRAPH_NAME)
+            _name_output_dims(graph_dir / GRAPH_NAME, kind, module.model.config.hidden_size)
+        if dtype == "int8":
+            extra.update(_quantize(graph_dir / GRAPH_NAME))
         for file in graph_dir.iterdir():
             file.rename(tmp / file.name)
         graph_dir.rmdir()
         module.hf_tokenizer.save_pretrained(tmp)
-        manifest = _manifest(kind, module, dtype, opset, tmp, src)
+        manifest = _manifest(kind, module, dtype, opset, tmp, src, extra)
         manifest.write(tmp)
         report = None
         if verify:
@@ -175,13 +205,22 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
     return ExportResult(out, manifest, report)
 
 
+def _quantize(graph: Path) -> dict:
+    from embedrank.export.quantize import DEFAULT_RECIPE, quantize_in_place
+
+    size = sum(p.stat().st_size for p in graph.parent.iterdir())
+    result = quantize_in_place(graph, DEFAULT_RECIPE,
+                               external_data=size // 2 >= EXTERNAL_DATA_THRESHOLD)
+    return {"int8_recipe": result.recipe, "int8_kept_fp32": result.kept_fp32}
+
+
 def _verify(kind, tmp: Path, src, module, dtype, device, trust_remote_code):
     from embedrank.export.parity import check
     from embedrank.plugin.runtime import Embedder as OnnxEmbedder
     from embedrank.plugin.runtime import Reranker as OnnxReranker
 
     runtime = (OnnxEmbedder if kind == "embedder" else OnnxReranker).load(tmp, device=device)
-    if dtype != "fp32":  # compare against the fp32 reference, not the fp16 module
+    if DTYPES[dtype] != torch.float32:  # compare against the fp32 reference, not fp16
         module = load_module(kind, src, "fp32", "cuda" if device.startswith("cuda") else "cpu",
                              module.max_length, trust_remote_code)
     report = check(runtime, module, dtype)

@@ -41,7 +41,11 @@ def _export_options(fn):
                      show_default=True, help="Weights and compute precision of the graph."),
         click.option("--max-length", type=int, default=None,
                      help="Token limit stored in the manifest [default: min(8192, model limit)]."),
-        click.option("--opset", type=int, default=17, show_default=True),
+        click.option("--opset", type=int, default=None,
+                     help="ONNX opset [default: 20 with --optimize fused, 17 with none]."),
+        click.option("--optimize", type=click.Choice(["fused", "none"]), default=None,
+                     help="fused: dynamo export + ONNX Runtime fused attention / RMSNorm ops; "
+                          "none: plain TorchScript export [default: fused on cuda, none on cpu]."),
         click.option("--device", default="cpu", show_default=True,
                      help="Where to trace and verify: cpu or cuda."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
@@ -54,14 +58,14 @@ def _export_options(fn):
     return fn
 
 
-def _run_export(kind: str, src, out, dtype, max_length, opset, device, no_verify, overwrite,
-                trust_remote_code) -> None:
+def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, device, no_verify,
+                overwrite, trust_remote_code) -> None:
     from embedrank.export import export_model
 
     click.echo(f"exporting {kind} {src} -> {out} ({dtype}) ...", err=True)
     result = export_model(kind, src, out, dtype=dtype, opset=opset, max_length=max_length,
                           verify=not no_verify, overwrite=overwrite, device=device,
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, optimize=optimize)
     if result.parity is not None:
         click.echo(result.parity.table())
     click.echo(f"wrote {result.out} (fingerprint {result.manifest.fingerprint[:16]})")

@@ -1,0 +1,80 @@
+"""Fused export (dynamo + ONNX Runtime contrib ops): parity, fused op types, runtime, manifest."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from embedrank.errors import InputError
+from embedrank.export import export_model
+from embedrank.manifest import read_manifest
+from embedrank.plugin import Embedder, Reranker
+
+
+@pytest.fixture(scope="module")
+def fused_embedder(tiny_ckpt, tmp_path_factory):
+    return export_model("embedder", str(tiny_ckpt), tmp_path_factory.mktemp("fused") / "emb",
+                        optimize="fused")
+
+
+@pytest.fixture(scope="module")
+def fused_reranker(tiny_ckpt, tmp_path_factory):
+    return export_model("reranker", str(tiny_ckpt), tmp_path_factory.mktemp("fused") / "rr",
+                        optimize="fused")
+
+
+def _op_types(model_dir) -> Counter:
+    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    return Counter((n.domain, n.op_type) for n in model.graph.node)
+
+
+@pytest.mark.parametrize("name", ["fused_embedder", "fused_reranker"])
+def test_fused_graph_holds_contrib_ops_and_keeps_the_contract(name, request):
+    result = request.getfixturevalue(name)
+    ops = _op_types(result.out)
+    layers = 2  # tiny_ckpt
+    assert ops["com.microsoft", "MultiHeadAttention"] == layers
+    assert ops["com.microsoft", "SkipSimplifiedLayerNormalization"] >= layers
+    assert ops["", "SimplifiedLayerNormalization"] >= 1  # ORT registers it in the onnx domain
+    assert not any(op in ("Softmax", "Pow", "ReduceMean") for _, op in ops)  # nothing left unfused
+    graph = onnx.load(str(result.out / "model.onnx"), load_external_data=False).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == [result.manifest.output]
+    manifest = read_manifest(result.out)
+    assert manifest.extra["optimize"] == "fused"
+    assert manifest.extra["fused_ops"]["MultiHeadAttention"] == layers
+    assert manifest.opset >= 18
+
+
+def test_fused_embedder_passes_parity(fused_embedder):
+    report = fused_embedder.parity
+    assert report.passed and report.min_cosine >= 0.9999 and report.max_abs_diff < 1e-5
+
+
+def test_fused_reranker_passes_parity(fused_reranker):
+    report = fused_reranker.parity
+    assert report.passed and report.max_abs_diff <= 1e-4
+
+
+def test_fused_runtime_matches_torch_on_mixed_batches(fused_embedder, fused_reranker,
+                                                      torch_embedder, torch_reranker):
+    texts = ["hi", "Ünïcödé façade — 北京是中国的首都 " * 6, "a medium sized sentence", "x " * 90]
+    fused = Embedder.load(fused_embedder.out, token_budget=64)  # several left-padded batches
+    ref = torch_embedder.embed_documents(texts).numpy()
+    np.testing.assert_allclose(fused.embed_documents(texts), ref, atol=2e-6)
+    alone = np.stack([fused.embed_documents([t])[0] for t in texts])
+    np.testing.assert_allclose(fused.embed_documents(texts), alone, atol=2e-6)
+    scores = Reranker.load(fused_reranker.out, token_budget=64).score("q?", texts)
+    np.testing.assert_allclose(scores, torch_reranker.score("q?", texts).numpy(), atol=1e-5)
+
+
+def test_optimize_is_checked(tiny_ckpt, tmp_path):
+    with pytest.raises(InputError, match="optimize must be one of"):
+        export_model("embedder", str(tiny_ckpt), tmp_path / "x", optimize="O3")
+    assert not (tmp_path / "x").exists()
+
+
+def test_default_cpu_export_stays_torchscript(embedder_dir):
+    manifest = read_manifest(embedder_dir)
+    assert manifest.extra["optimize"] == "none" and manifest.opset == 17
