@@ -190,9 +190,11 @@ class QdrantClient(qdrant_client.QdrantClient):
         else:
             fetch_payload = with_payload
         response = super().query_points(
-            collection_name, query, using, prefetch, query_filter, search_params, limit, offset,
-            fetch_payload, with_vectors, score_threshold, lookup_from, consistency,
-            shard_key_selector, timeout, **kwargs)
+            collection_name, query=query, using=using, prefetch=prefetch,
+            query_filter=query_filter, search_params=search_params, limit=limit, offset=offset,
+            with_payload=fetch_payload, with_vectors=with_vectors,
+            score_threshold=score_threshold, lookup_from=lookup_from, consistency=consistency,
+            shard_key_selector=shard_key_selector, timeout=timeout, **kwargs)
         if p is None:
             return response
         return response.model_copy(update={
