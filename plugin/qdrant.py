@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import qdrant_client
@@ -80,7 +81,7 @@ class QdrantClient(qdrant_client.QdrantClient):
         if record is None:
             raise InputError(f"collection {collection_name!r} has no embedrank model recorded for "
                              f"vector {using or ''!r} yet: write documents first")
-        metadata = {meta_key(using or ""): {**record.__dict__, "instruction": instruction}}
+        metadata = {meta_key(using or ""): {**asdict(record), "instruction": instruction}}
         super().update_collection(collection_name, metadata=metadata)
         state.remember(metadata)
 

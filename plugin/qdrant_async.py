@@ -12,6 +12,7 @@ import concurrent.futures
 import functools
 import os
 from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Any
 
 import qdrant_client
@@ -57,7 +58,7 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
         if record is None:
             raise InputError(f"collection {collection_name!r} has no embedrank model recorded for "
                              f"vector {using or ''!r} yet: write documents first")
-        metadata = {meta_key(using or ""): {**record.__dict__, "instruction": instruction}}
+        metadata = {meta_key(using or ""): {**asdict(record), "instruction": instruction}}
         await super().update_collection(collection_name, metadata=metadata)
         state.remember(metadata)
 

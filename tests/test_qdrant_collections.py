@@ -108,6 +108,12 @@ def test_named_vectors_and_prefetch(client, embedder, small, reranker):
                                atol=1e-6)
     records = client.collection_models("docs")
     assert (records["full"].dim, records["small"].dim) == (64, 32)
+    client.create_collection("named", vectors_config={
+        "small": models.VectorParams(size=32, distance=models.Distance.COSINE)})
+    client.upload_collection("named", [{"small": models.Document(text=t, model="e32")}
+                                       for t in TEXTS], ids=ALL)
+    np.testing.assert_allclose(vectors(client, "named", using="small"),
+                               small.embed_documents(TEXTS), atol=1e-6)
 
     # prefetch 8 on the small vector, then the full vector reorders them, then rerank
     cos_small = first_stage(small, QUERY)
