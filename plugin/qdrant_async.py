@@ -101,7 +101,7 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
 
     async def _checked(self, collection_name: str, obj: Any) -> None:
         state = await self._state(collection_name)
-        new = state.plan(obj)
+        new = await _off_loop(state.plan, obj)  # walks every point: off the loop too
         if new:
             await super().update_collection(collection_name, metadata=new)
             state.remember(new)
@@ -150,8 +150,11 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
     # ------------------------------------------------------------------ queries
 
     async def _for_query(self, state: CollectionState, obj: Any, using: str | None = None) -> Any:
-        state.plan(obj, using or "")
-        return await _off_loop(embed_in, obj, True, state.instruction_for, using or "")
+        def work():
+            state.plan(obj, using or "")  # refuses a mismatched embedder; records nothing
+            return embed_in(obj, True, state.instruction_for, using or "")
+
+        return await _off_loop(work)
 
     async def query_points(self, collection_name: str, query: Any = None,
                            using: str | None = None, prefetch: Any = None,
