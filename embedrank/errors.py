@@ -38,6 +38,10 @@ class CollectionMismatchError(EmbedrankError):
     """A Qdrant collection was built with another embedder (fingerprint, dim or instruction)."""
 
 
+class ServiceError(EmbedrankError):
+    """Qdrant kept failing with transient errors (network, timeouts, overload) after retries."""
+
+
 class MissingDependencyError(EmbedrankError, ImportError):
     """An optional dependency is not installed."""
 

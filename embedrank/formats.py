@@ -80,17 +80,25 @@ def check_texts(texts: str | Iterable[str], what: str = "texts") -> list[str]:
         raise InputError(f"{what} must be a string or a list of strings, got {type(texts).__name__}")
     out = list(texts)
     for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise InputError(f"{what}[{i}] must be a str, got {type(text).__name__}")
-        if not text.strip():
-            raise InputError(f"{what}[{i}] is empty or whitespace only: nothing to embed")
-        if "\x00" in text:
-            raise InputError(f"{what}[{i}] contains a NUL byte; strip it before embedding")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InputError(f"{what}[{i}] is not valid Unicode (lone surrogate?): {exc}") from None
+        problem = text_problem(text)
+        if problem is not None:
+            raise InputError(f"{what}[{i}] {problem}")
     return out
+
+
+def text_problem(text: object) -> str | None:
+    """Why ``text`` cannot be embedded ("is empty...", "must be a str..."), or None if it can."""
+    if not isinstance(text, str):
+        return f"must be a str, got {type(text).__name__}"
+    if not text.strip():
+        return "is empty or whitespace only: nothing to embed"
+    if "\x00" in text:
+        return "contains a NUL byte; strip it before embedding"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode (lone surrogate?): {exc}"
+    return None
 
 
 def check_instruction(instruction: str | None) -> str | None:

@@ -11,6 +11,8 @@ _DIR = click.Path(exists=True, file_okay=False)
 
 
 def _target(fn):
+    fn = click.option("--api-key", default=None, envvar="QDRANT_API_KEY", show_envvar=True,
+                      help="API key of the Qdrant server (never printed).")(fn)
     fn = click.option("--url", default=None, help="A Qdrant server, e.g. http://localhost:6333.")(fn)
     return click.option("--path", "db", default=None, type=click.Path(file_okay=False),
                         help="Qdrant local mode database directory.")(fn)
@@ -25,7 +27,10 @@ def _target(fn):
               help="Field whose value makes the point id (uuid5); records without it use the text.")
 @_target
 @click.option("--batch-size", default=64, show_default=True, type=int)
-def ingest(collection, file, embedder, text_field, id_field, db, url, batch_size) -> None:
+@click.option("--attempts", default=6, show_default=True, type=click.IntRange(min=1),
+              help="Tries per call to Qdrant (exponential backoff with jitter between them).")
+def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, batch_size,
+           attempts) -> None:
     """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes."""
     from tqdm import tqdm
 
@@ -36,18 +41,20 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, batch_size
         open_client,
         read_records,
     )
+    from embedrank.plugin.retry import Backoff
     from embedrank.plugin.vectorizer import register_embedder
 
     if not db and not url:
         raise click.UsageError("give --path DB (local mode) or --url URL (a Qdrant server)")
     name = model_name(embedder)
     register_embedder(name, embedder)
-    client = open_client(db, url)
+    client = open_client(db, url, api_key)
     try:
         with tqdm(total=count_lines(file), unit="line", desc=collection) as bar:
             result = ingest_records(client, collection, read_records(file), name,
                                     text_field=text_field, id_field=id_field,
-                                    batch_size=batch_size, source=file, progress=bar.update)
+                                    batch_size=batch_size, source=file, progress=bar.update,
+                                    backoff=Backoff(attempts=attempts))
     finally:
         client.close()
     click.echo(f"{collection}: {result.added} added, {result.skipped} already present")
@@ -65,24 +72,26 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, batch_size
 @click.option("--instruction", default=None, help="Task instruction for the query.")
 @_target
 def query(collection, text, embedder, reranker, limit, top_k, text_field, instruction, db,
-          url) -> None:
+          url, api_key) -> None:
     """Search COLLECTION for TEXT and print rank, id, score and a text snippet."""
     from qdrant_client import models
 
     from embedrank.plugin.ingest import hits_table, model_name, open_client
+    from embedrank.plugin.retry import retry_call
     from embedrank.plugin.vectorizer import register_embedder
 
     if not db and not url:
         raise click.UsageError("give --path DB (local mode) or --url URL (a Qdrant server)")
     name = model_name(embedder)
     register_embedder(name, embedder)
-    client = open_client(db, url)
+    client = open_client(db, url, api_key)
     try:
         if reranker:
             client.set_reranker(collection, reranker, text_field=text_field, top_k=top_k)
         options = {"instruction": instruction} if instruction is not None else None
-        hits = client.query_points(collection, query=models.Document(
-            text=text, model=name, options=options), limit=limit).points
+        hits = retry_call(client.query_points, collection, query=models.Document(
+            text=text, model=name, options=options), limit=limit,
+            what=f"querying {collection!r}").points
     finally:
         client.close()
     click.echo(hits_table(hits, text_field))

@@ -17,6 +17,7 @@ from qdrant_client import models
 from embedrank.errors import CollectionMismatchError, InputError
 from embedrank.plugin.vectorizer import (
     Registration,
+    check_document_texts,
     document_instruction,
     find_documents,
     registration,
@@ -94,6 +95,7 @@ class CollectionState:
 
     def plan(self, obj: Any, name: str = "") -> dict[str, dict]:
         """Check every embedrank document in ``obj``; return the metadata to add (maybe empty)."""
+        check_document_texts(obj)
         new: dict[str, dict] = {}
         for vector_name, doc in find_documents(obj, name):
             reg = registration(doc.model)

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from qdrant_client import models
 
 from embedrank.errors import InputError
+from embedrank.formats import text_problem
 from embedrank.plugin.runtime import Embedder
 
 OPTION_KEYS = ("instruction",)  # what models.Document(options=...) may hold for our models
@@ -135,6 +136,21 @@ def find_documents(obj: Any, name: str = "") -> list[tuple[str, models.Document]
     found: list[tuple[str, models.Document]] = []
     map_documents(obj, lambda n, d: found.append((n, d)) or d, name)
     return found
+
+
+def check_document_texts(obj: Any) -> None:
+    """Refuse the first embedrank document whose text cannot be embedded, naming its point.
+
+    ``obj`` is a request (points, a query...); in a list, items with an ``id`` are named by it.
+    """
+    for k, item in enumerate(obj if isinstance(obj, (list, tuple)) else [obj]):
+        for _, doc in find_documents(item):
+            problem = text_problem(doc.text)
+            if problem is not None:
+                point_id = getattr(item, "id", None)
+                label = f"point {point_id!r}" if isinstance(point_id, (int, str)) else f"item {k}"
+                raise InputError(f"{label}: models.Document(model={doc.model!r}) text {problem}; "
+                                 "nothing of this request was sent to Qdrant")
 
 
 def embed_in(obj: Any, is_query: bool,
