@@ -35,7 +35,12 @@ QUERIES = [
 INSTRUCTION = "Given a question, retrieve passages that answer it"
 
 # (min cosine, max |score difference|) a dtype must reach
-TOLERANCES = {"fp32": (0.9999, 1e-4), "fp16": (0.999, 1e-2)}
+TOLERANCES = {"fp32": (0.9999, 1e-4), "fp16": (0.999, 1e-2), "int8": (0.97, 0.05)}
+# int8 also: this mean cosine (embedder), and the best document of every query unchanged
+# (embedder: queries x documents by cosine; reranker: by score). docs/int8.md measures the
+# same bars at scale (mean cosine >= 0.99, top-10 agreement >= 0.95 over a real corpus).
+MEAN_COSINE = {"int8": 0.99}
+TOP1_AGREEMENT = {"int8": 1.0}
 
 
 @dataclass
@@ -45,6 +50,8 @@ class ParityReport:
     checks: dict[str, dict[str, float]] = field(default_factory=dict)
     min_cosine: float | None = None
     max_abs_diff: float | None = None
+    mean_cosine: float | None = None
+    top1_agreement: float | None = None  # share of queries whose best document is unchanged
     passed: bool = False
 
     def table(self) -> str:
@@ -55,6 +62,11 @@ class ParityReport:
         verdict = "PASS" if self.passed else "FAIL"
         cos, diff = TOLERANCES[self.dtype]
         target = f"cosine >= {cos}" if self.kind == "embedder" else f"|dscore| <= {diff}"
+        if self.dtype in MEAN_COSINE and self.kind == "embedder":
+            target += f", mean cosine >= {MEAN_COSINE[self.dtype]}"
+        if self.dtype in TOP1_AGREEMENT:
+            target += (f", top-1 agreement {self.top1_agreement:.2f} >= "
+                       f"{TOP1_AGREEMENT[self.dtype]}")
         rows.append(f"{verdict}: {self.kind} {self.dtype}, target {target}")
         return "\n".join(rows)
 
@@ -77,9 +89,13 @@ def check_embedder(runtime, module, dtype: str) -> ParityReport:
     full = runtime.manifest.dim
     small = max(min(32, full), full // 2)
     ref_docs = module.embed_documents(DOCUMENTS).float().cpu().numpy()
-    _compare("documents", runtime.embed_documents(DOCUMENTS), ref_docs, report)
-    _compare("queries (default instr.)", runtime.embed_queries(QUERIES),
-             module.embed_queries(QUERIES).float().cpu().numpy(), report)
+    docs = runtime.embed_documents(DOCUMENTS)
+    _compare("documents", docs, ref_docs, report)
+    queries, ref_queries = (runtime.embed_queries(QUERIES),
+                            module.embed_queries(QUERIES).float().cpu().numpy())
+    _compare("queries (default instr.)", queries, ref_queries, report)
+    report.top1_agreement = float(np.mean((queries @ docs.T).argmax(1)
+                                          == (ref_queries @ ref_docs.T).argmax(1)))
     _compare("queries (custom instr.)", runtime.embed_queries(QUERIES, INSTRUCTION),
              module.embed_queries(QUERIES, INSTRUCTION).float().cpu().numpy(), report)
     truncated = copy.copy(runtime)
@@ -88,7 +104,10 @@ def check_embedder(runtime, module, dtype: str) -> ParityReport:
              module.embed_documents(DOCUMENTS, dim=small).float().cpu().numpy(), report)
     report.min_cosine = min(c["min_cosine"] for c in report.checks.values())
     report.max_abs_diff = max(c["max_abs_diff"] for c in report.checks.values())
-    report.passed = report.min_cosine >= TOLERANCES[dtype][0]
+    report.mean_cosine = float(np.mean([c["mean_cosine"] for c in report.checks.values()]))
+    report.passed = (report.min_cosine >= TOLERANCES[dtype][0]
+                     and report.mean_cosine >= MEAN_COSINE.get(dtype, -1.0)
+                     and report.top1_agreement >= TOP1_AGREEMENT.get(dtype, 0.0))
     return report
 
 
@@ -96,12 +115,17 @@ def check_embedder(runtime, module, dtype: str) -> ParityReport:
 def check_reranker(runtime, module, dtype: str) -> ParityReport:
     """Compare P(yes) from a runtime ``Reranker`` with a torch ``Reranker``."""
     report = ParityReport("reranker", dtype)
+    same_best = []
     for name, instruction in (("default instr.", None), ("custom instr.", INSTRUCTION)):
         for q, query in enumerate(QUERIES[:2]):
             ref = module.score(query, DOCUMENTS, instruction).float().cpu().numpy()
-            _compare(f"query {q} ({name})", runtime.score(query, DOCUMENTS, instruction), ref, report)
+            got = runtime.score(query, DOCUMENTS, instruction)
+            _compare(f"query {q} ({name})", got, ref, report)
+            same_best.append(got.argmax() == ref.argmax())
     report.max_abs_diff = max(c["max_abs_diff"] for c in report.checks.values())
-    report.passed = report.max_abs_diff <= TOLERANCES[dtype][1]
+    report.top1_agreement = float(np.mean(same_best))
+    report.passed = (report.max_abs_diff <= TOLERANCES[dtype][1]
+                     and report.top1_agreement >= TOP1_AGREEMENT.get(dtype, 0.0))
     return report
 
 

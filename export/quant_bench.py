@@ -1,0 +1,204 @@
+"""CPU int8 benchmark: PyTorch fp32 vs ONNX Runtime fp32 vs int8 recipes, side by side.
+
+Real text (a BEIR folder; by default the ChatterBot corpus, converted on the fly) through the
+real tokenizer, on a real checkpoint (``--model DIR``, or ``--gguf FILE`` converted first).
+Every variant embeds the same queries (with the default instruction) and documents in the
+same token-budget batches; the table gives throughput, its ratio to PyTorch fp32, cosine to
+the PyTorch fp32 embeddings, top-10 agreement of retrieval over the corpus and nDCG@10.
+
+    python -m embedrank.export.quant_bench --gguf SmolLM2-135M-Instruct.Q4_1.gguf --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedrank.export.onnx import export_model
+from embedrank.export.quantize import DEFAULT_RECIPE, RECIPES, quantize
+from embedrank.formats import plan_batches
+from embedrank.manifest import GRAPH_NAME, fingerprint, read_manifest
+
+TOKEN_BUDGET = 4096
+
+
+def gguf_to_checkpoint(gguf: Path, out: Path) -> Path:
+    """A GGUF file (dequantized by transformers) saved as a plain HF checkpoint directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").exists():
+        return out
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    plain = type(model)(config)  # a GGUF-loaded model refuses save_pretrained; copy its weights
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+def load_texts(data: Path | None, work: Path):
+    """(doc ids, doc texts, query ids, query texts, qrels) of a BEIR folder, all splits."""
+    from embedrank.plugin.datasets import chatterbot_to_beir
+    from embedrank.plugin.metrics import load_beir
+
+    if data is None:
+        data = work / "chatterbot"
+        if not (data / "corpus.jsonl").exists():
+            chatterbot_to_beir(data)
+    qrels: dict[str, dict[str, int]] = {}
+    for split in ("train", "test"):
+        if (data / "qrels" / f"{split}.tsv").exists():
+            corpus, queries, split_qrels = load_beir(data, split)
+            qrels.update(split_qrels)
+    doc_ids, query_ids = sorted(corpus), sorted(qrels)
+    docs = [" ".join(filter(None, (corpus[d]["title"], corpus[d]["text"]))) for d in doc_ids]
+    texts = dict(queries)
+    for split in ("train", "test"):  # load_beir keeps only its split's queries
+        if (data / "qrels" / f"{split}.tsv").exists():
+            texts.update(load_beir(data, split)[1])
+    return doc_ids, docs, query_ids, [texts[q] for q in query_ids], qrels
+
+
+def make_variant(fp32_dir: Path, out: Path, recipe: str) -> float:
+    """Copy the fp32 model directory with its graph quantized by ``recipe``; seconds taken."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(fp32_dir, out, ignore=shutil.ignore_patterns(GRAPH_NAME + "*"))
+    start = time.perf_counter()
+    quantize(fp32_dir / GRAPH_NAME, out / GRAPH_NAME, recipe)
+    seconds = time.perf_counter() - start
+    manifest = dataclasses.replace(read_manifest(out), dtype="int8", fingerprint=fingerprint(out),
+                                   extra={"int8_recipe": recipe})
+    manifest.write(out)
+    return seconds
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    embed: object  # (queries, docs) -> (q_emb, d_emb)
+    size_mb: float = float("nan")
+    queries: np.ndarray | None = None
+    docs: np.ndarray | None = None
+    seconds: float = float("inf")  # best of the timing rounds
+
+
+def torch_row(src: Path, budget: int) -> Row:
+    from embedrank.train.modeling import Embedder
+
+    module = Embedder.from_pretrained(src, max_length=512)
+
+    @torch.no_grad()
+    def run(seqs):
+        out = np.zeros((len(seqs), module.dim), dtype=np.float32)
+        for batch in plan_batches([len(s) for s in seqs], budget, 128):
+            out[batch] = module(**module.batch([seqs[i] for i in batch])).numpy()
+        return out
+
+    def embed(queries, docs):
+        return run(module.tokenize_queries(queries)), run(module.tokenize_documents(docs))
+
+    embed.count = lambda q, d: (sum(map(len, module.tokenize_queries(q)))
+                                + sum(map(len, module.tokenize_documents(d))))
+    return Row("pytorch fp32", embed)
+
+
+def onnx_row(name: str, model_dir: Path, budget: int, threads: int) -> Row:
+    from embedrank.plugin.runtime import Embedder
+
+    runtime = Embedder.load(model_dir, token_budget=budget, threads=threads)
+    size = sum(p.stat().st_size for p in model_dir.glob(GRAPH_NAME + "*")) / 2**20
+    return Row(name, lambda q, d: (runtime.embed_queries(q), runtime.embed_documents(d)), size)
+
+
+def measure(rows: list[Row], queries, docs, timing: int, rounds: int) -> None:
+    """Embed everything once per variant (quality), then time ``timing`` queries + ``timing``
+    documents in ``rounds`` round-robin rounds, keeping each variant's best: the variants
+    see the same machine load, and a burst of load elsewhere is dropped, not averaged in."""
+    for row in rows:
+        row.queries, row.docs = row.embed(queries, docs)
+    sub_q, sub_d = queries[:timing], docs[:timing]
+    for _ in range(rounds):
+        for row in rows:
+            start = time.perf_counter()
+            row.embed(sub_q, sub_d)
+            row.seconds = min(row.seconds, time.perf_counter() - start)
+
+
+def _top10(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return np.argsort(-(q @ d.T), axis=1, kind="stable")[:, :10]
+
+
+def compare(rows: list[Row], tokens: int, doc_ids, query_ids, qrels) -> str:
+    from embedrank.plugin.metrics import ndcg_at_k
+
+    ref = rows[0]
+    ref_top = _top10(ref.queries, ref.docs)
+    lines = [f"{'variant':<22} {'MB':>6} {'tok/s':>8} {'x torch':>8} {'mean cos':>9} "
+             f"{'min cos':>8} {'top10 agr':>9} {'nDCG@10':>8}"]
+    for row in rows:
+        emb = np.concatenate([row.queries, row.docs])
+        cos = (emb * np.concatenate([ref.queries, ref.docs])).sum(-1)
+        top = _top10(row.queries, row.docs)
+        agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top, strict=True)])
+        scores = row.queries @ row.docs.T
+        run = {q: {doc_ids[j]: float(scores[i, j]) for j in np.argsort(-scores[i])[:100]}
+               for i, q in enumerate(query_ids)}
+        rate = tokens / row.seconds
+        lines.append(f"{row.name:<22} {row.size_mb:>6.0f} {rate:>8.0f} "
+                     f"{ref.seconds / row.seconds:>8.2f} {cos.mean():>9.4f} {cos.min():>8.4f} "
+                     f"{agree:>9.3f} {ndcg_at_k(run, qrels, 10):>8.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="HF checkpoint directory")
+    source.add_argument("--gguf", type=Path, help="a GGUF file, converted to a checkpoint first")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="BEIR folder [default: the ChatterBot corpus]")
+    parser.add_argument("--work", type=Path, default=Path("quant-bench"))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=sorted(RECIPES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--token-budget", type=int, default=TOKEN_BUDGET)
+    parser.add_argument("--timing-texts", type=int, default=128,
+                        help="queries and documents (each) in a timing round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.work.mkdir(parents=True, exist_ok=True)
+    src = args.model or gguf_to_checkpoint(args.gguf, args.work / "checkpoint")
+    doc_ids, docs, query_ids, queries, qrels = load_texts(args.data, args.work)
+    fp32_dir = args.work / "fp32"
+    if not (fp32_dir / "embedrank.json").exists():
+        export_model("embedder", str(src), fp32_dir, max_length=512, overwrite=True)
+    rows = [torch_row(src, args.token_budget),
+            onnx_row("onnx fp32", fp32_dir, args.token_budget, args.threads)]
+    for recipe in args.recipes:
+        seconds = make_variant(fp32_dir, args.work / recipe, recipe)
+        print(f"quantized {recipe} in {seconds:.0f} s", flush=True)
+        star = "*" if recipe == DEFAULT_RECIPE else ""
+        rows.append(onnx_row(f"onnx {recipe}{star}", args.work / recipe, args.token_budget,
+                             args.threads))
+    measure(rows, queries, docs, args.timing_texts, args.rounds)
+    tokens = rows[0].embed.count(queries[:args.timing_texts], docs[:args.timing_texts])
+    print(f"quality: {len(queries)} queries (default instruction) x {len(docs)} documents; "
+          f"speed: best of {args.rounds} rounds over {args.timing_texts} queries + "
+          f"{args.timing_texts} documents ({tokens} tokens), {args.threads} threads, "
+          f"token budget {args.token_budget}; * = export default")
+    print(compare(rows, tokens, doc_ids, query_ids, qrels))
+
+
+if __name__ == "__main__":
+    main()
