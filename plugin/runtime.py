@@ -51,9 +51,13 @@ class _OnnxModel:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", *,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, max_batch_size: int = DEFAULT_MAX_BATCH,
-                 check_fingerprint: bool = True, threads: int | None = None) -> None:
+                 check_fingerprint: bool = True, threads: int | None = None,
+                 io_binding: bool | None = None) -> None:
         self.path = Path(path)
         self.device = device
+        # CUDA: bind inputs / output explicitly (one host->device copy per input, the output
+        # allocated by ORT on the device and copied back once); CPU keeps session.run
+        self.io_binding = device != "cpu" if io_binding is None else io_binding
         self.manifest: Manifest = read_manifest(self.path)
         if self.manifest.kind != self.kind:
             raise ManifestError(f"{str(self.path)!r} holds a {self.manifest.kind}, not a {self.kind}: "
@@ -100,11 +104,23 @@ class _OnnxModel:
         out = np.zeros((len(seqs), width) if width else (len(seqs),), dtype=np.float32)
         for batch in plan_batches([len(s) for s in seqs], self.token_budget, self.max_batch_size):
             ids, mask = pad_left([seqs[i] for i in batch], self.manifest.pad_token_id)
-            (result,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
-            out[batch] = result.astype(np.float32)
+            out[batch] = self._infer(ids, mask).astype(np.float32)
             if progress is not None:
                 progress(len(batch))
         return out
+
+    def _infer(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One forward pass over a padded batch."""
+        if not self.io_binding:
+            return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        device_id = int(self.device.split(":")[1]) if ":" in self.device else 0
+        binding.bind_output(self.manifest.output, "cpu" if self.device == "cpu" else "cuda",
+                            device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
 
 def _tokenizer(path: Path):

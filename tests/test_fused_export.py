@@ -63,6 +63,8 @@ def test_fused_runtime_matches_torch_on_mixed_batches(fused_embedder, fused_rera
     fused = Embedder.load(fused_embedder.out, token_budget=64)  # several left-padded batches
     ref = torch_embedder.embed_documents(texts).numpy()
     np.testing.assert_allclose(fused.embed_documents(texts), ref, atol=2e-6)
+    bound = Embedder.load(fused_embedder.out, token_budget=64, io_binding=True)  # the CUDA path
+    np.testing.assert_array_equal(bound.embed_documents(texts), fused.embed_documents(texts))
     alone = np.stack([fused.embed_documents([t])[0] for t in texts])
     np.testing.assert_allclose(fused.embed_documents(texts), alone, atol=2e-6)
     scores = Reranker.load(fused_reranker.out, token_budget=64).score("q?", texts)

@@ -1,0 +1,397 @@
+"""GPU side by side (issue 6): ONNX TorchScript fp16, ONNX fused fp16, PyTorch eager / compile bf16.
+
+Random weights of the Qwen3-0.6B architecture (REFERENCE §1) with the real Qwen3 tokenizer.
+Each variant runs in its own process (clean GPU memory readings, no shared caches) on the same
+token ids and the same batches:
+
+- fixed: 64 x 256 tokens, no padding;
+- variable: 1,024 lengths drawn from 32-512 (seeded); length-sorted token-budget batches (the
+  runtime's plan: 16,384 padded tokens, at most 128 rows) and, for eager, arrival-order batches
+  of 64 as well (what a plain loop does);
+- rerank: one query's top-100 (100 x 256 tokens), p50 over 20 calls.
+
+Throughput counts real tokens. Memory: device memory in use (NVML) after the fixed batches
+minus after loading, per 1k tokens of one 64 x 256 batch. Cosine: against fp32 PyTorch on the
+first 128 variable-length documents.
+
+    python -m embedrank.export.gpu_bench all --work /tmp/gb --tokenizer TOKDIR --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ARCH = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+            num_key_value_heads=8, head_dim=128, vocab_size=151669, max_position_embeddings=40960,
+            tie_word_embeddings=True)
+PEAK_FLOPS = 790e12  # dense bf16 / fp16 on an H100 SXM / H200 (measured ~790-798 here)
+FIXED = (64, 256)
+VARIABLE = (1024, 32, 512)
+RERANK = (100, 256)
+BUDGET, MAX_BATCH = 16384, 128
+# a CPU dry run of the whole pipeline (tiny sizes, fp32): GPU_BENCH_DRY_RUN=1
+DRY_RUN = os.environ.get("GPU_BENCH_DRY_RUN") == "1"
+DEVICE = "cpu" if DRY_RUN else "cuda"
+if DRY_RUN:
+    ARCH = {**ARCH, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    FIXED, VARIABLE, RERANK = (8, 32), (40, 8, 64), (10, 32)
+VARIANTS = ("onnx-torchscript-fp16", "onnx-fused-fp16", "torch-eager-bf16", "torch-compile-bf16")
+
+
+def linear_flops_per_token(a: dict = ARCH) -> float:
+    h, q, kv, f = a["hidden_size"], a["num_attention_heads"] * a["head_dim"], \
+        a["num_key_value_heads"] * a["head_dim"], a["intermediate_size"]
+    return 2.0 * a["num_hidden_layers"] * (h * (q + 2 * kv) + q * h + 3 * h * f)
+
+
+def workloads(eot: int) -> dict[str, list[list[int]]]:
+    rng = np.random.default_rng(0)
+
+    def seq(n: int) -> list[int]:
+        return [*rng.integers(1000, 150000, size=n - 1).tolist(), eot]
+
+    n, lo, hi = VARIABLE
+    return {"fixed": [seq(FIXED[1]) for _ in range(FIXED[0])],
+            "variable": [seq(int(k)) for k in rng.integers(lo, hi + 1, size=n)],
+            "rerank": [seq(RERANK[1]) for _ in range(RERANK[0])]}
+
+
+def batches(seqs, mode: str) -> list[list[int]]:
+    from embedrank.formats import plan_batches
+
+    if mode == "sorted":
+        return plan_batches([len(s) for s in seqs], BUDGET, MAX_BATCH)
+    return [list(range(i, min(i + 64, len(seqs)))) for i in range(0, len(seqs), 64)]
+
+
+def gpu_used_mib() -> float:
+    if DRY_RUN:
+        return 0.0
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used / 2**20
+
+
+# ---------------------------------------------------------------- backends
+def onnx_backend(model_dir: Path, io_binding: bool = True):
+    from embedrank.manifest import read_manifest
+    from embedrank.plugin.runtime import Embedder, Reranker
+
+    cls = Embedder if read_manifest(model_dir).kind == "embedder" else Reranker
+    model = cls.load(model_dir, device=DEVICE, io_binding=io_binding)
+    return lambda ids, mask: model._infer(ids, mask)
+
+
+def torch_backend(ckpt: Path, compile: bool, dtype: str = "float32" if DRY_RUN else "bfloat16"):
+    import torch
+
+    from embedrank.train.modeling import Embedder
+
+    module = Embedder.from_pretrained(ckpt, dtype=getattr(torch, dtype), device=DEVICE).eval()
+    fn = torch.compile(module) if compile else module
+
+    @torch.inference_mode()
+    def run(ids, mask):
+        out = fn(torch.from_numpy(ids).to(DEVICE), torch.from_numpy(mask).to(DEVICE))
+        return out.float().cpu().numpy()
+
+    return run
+
+
+def embed(fn, seqs, plan, pad: int) -> np.ndarray:
+    from embedrank.formats import pad_left
+
+    out = None
+    for batch in plan:
+        result = fn(*pad_left([seqs[i] for i in batch], pad))
+        if out is None:
+            out = np.zeros((len(seqs), *result.shape[1:]), dtype=np.float32)
+        out[batch] = result
+    return out
+
+
+def _timed(call, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(fn, work: dict, pad: int, modes=("sorted",)) -> dict:
+    """Throughput on the fixed and variable workloads, memory, and embeddings for the cosine."""
+    res: dict = {}
+    base = gpu_used_mib()
+    start = time.perf_counter()
+    fixed = work["fixed"]
+    fixed_plan = [list(range(len(fixed)))]
+    for _ in range(3):
+        embed(fn, fixed, fixed_plan, pad)
+    res["warmup_s"] = time.perf_counter() - start
+    t = _timed(lambda: embed(fn, fixed, fixed_plan, pad), 20)
+    tokens = FIXED[0] * FIXED[1]
+    res["fixed_tokens_per_s"] = tokens / float(np.median(t))
+    res["fixed_batch_ms_p50"] = float(np.median(t)) * 1e3
+    res["mem_mib_per_1k_tokens"] = (gpu_used_mib() - base) / (tokens / 1000)
+    seqs = work["variable"]
+    real = sum(len(s) for s in seqs)
+    for mode in modes:
+        plan = batches(seqs, mode)
+        padded = sum(len(b) * max(len(seqs[i]) for i in b) for b in plan)
+        start = time.perf_counter()
+        embed(fn, seqs, plan, pad)  # warm-up (and recompiles)
+        res[f"variable_{mode}_warmup_s"] = time.perf_counter() - start
+        t = _timed(lambda: embed(fn, seqs, plan, pad), 2)  # noqa: B023
+        res[f"variable_{mode}_tokens_per_s"] = real / min(t)
+        res[f"variable_{mode}_padding"] = 1 - real / padded
+    res["peak_mem_mib"] = gpu_used_mib()
+    sub = seqs[:128]
+    res["_emb"] = embed(fn, sub, batches(sub, "sorted"), pad)
+    return res
+
+
+def rerank_latency(fn, work: dict, pad: int, budget: int) -> float:
+    from embedrank.formats import plan_batches
+
+    seqs = work["rerank"]
+    plan = plan_batches([len(s) for s in seqs], budget, 128)
+    for _ in range(3):
+        embed(fn, seqs, plan, pad)
+    return float(np.median(_timed(lambda: embed(fn, seqs, plan, pad), 20))) * 1e3
+
+
+def reranker_heads(ckpt: Path, work: dict, pad: int) -> dict:
+    """PyTorch bf16 top-100 latency: one-logit head vs full LM head (last position / all)."""
+    import torch
+
+    from embedrank.formats import pad_left
+    from embedrank.train.modeling import Reranker, position_ids
+
+    dtype = torch.float32 if DRY_RUN else torch.bfloat16
+    rr = Reranker.from_pretrained(ckpt, dtype=dtype, device=DEVICE).eval()
+    ids, mask = (torch.from_numpy(x).to(DEVICE) for x in pad_left(work["rerank"], pad))
+    pos = position_ids(mask)
+    pair = [rr.yes_id, rr.no_id]
+    heads = {
+        "one_logit": lambda: rr(ids, mask),
+        "lm_head_last_position": lambda: rr.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                                  logits_to_keep=1).logits[:, -1, pair],
+        "lm_head_all_positions": lambda: rr.model(input_ids=ids, attention_mask=mask,
+                                                  position_ids=pos).logits[:, -1, pair],
+    }
+    res = {}
+    with torch.inference_mode():
+        for name, call in heads.items():
+            for _ in range(3):
+                call().float().cpu()
+            if not DRY_RUN:
+                torch.cuda.reset_peak_memory_stats()
+            res[f"{name}_p50_ms"] = float(np.median(_timed(lambda: call().float().cpu(), 10))) * 1e3  # noqa: B023
+            if not DRY_RUN:
+                res[f"{name}_peak_alloc_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return res
+
+
+def cuda_graph_probe(model_dir: Path, work: dict, pad: int) -> dict:
+    """Fixed 64 x 256 through an ORT CUDA graph (all inputs / outputs bound on the device)."""
+    import onnxruntime as ort
+
+    from embedrank.formats import pad_left
+
+    ids, mask = pad_left(work["fixed"], pad)
+    try:
+        sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=[
+            ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
+        binding = sess.io_binding()
+        ids_v, mask_v = (ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0) for x in (ids, mask))
+        out = ort.OrtValue.ortvalue_from_shape_and_type([len(ids), ARCH["hidden_size"]], np.float32,
+                                                       "cuda", 0)
+        binding.bind_ortvalue_input("input_ids", ids_v)
+        binding.bind_ortvalue_input("attention_mask", mask_v)
+        binding.bind_ortvalue_output(sess.get_outputs()[0].name, out)
+        for _ in range(3):
+            sess.run_with_iobinding(binding)
+        t = _timed(lambda: (sess.run_with_iobinding(binding), out.numpy()), 20)
+        return {"fixed_tokens_per_s": ids.size / float(np.median(t))}
+    except Exception as exc:  # report why it does not apply
+        return {"error": str(exc)[:400]}
+
+
+def tensorrt_probe() -> dict:
+    import onnxruntime as ort
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libnvinfer.so.10")
+        return {"libnvinfer": "found", "providers": ort.get_available_providers()}
+    except OSError as exc:
+        return {"libnvinfer": f"missing ({exc})", "providers": ort.get_available_providers()}
+
+
+# ---------------------------------------------------------------- one variant per process
+def run_variant(name: str, work_dir: Path) -> dict:
+    import torch  # noqa: F401  (loads the CUDA libraries ONNX Runtime's CUDA provider needs)
+
+    ckpt = work_dir / "ckpt"
+    meta = json.loads((work_dir / "meta.json").read_text())
+    pad = meta["pad"]
+    work = workloads(meta["eot"])
+    res: dict = {"variant": name}
+    if name.startswith("onnx"):
+        model_dir = work_dir / name
+        fn = onnx_backend(model_dir)
+        res.update(measure(fn, work, pad))
+        res["fixed_tokens_per_s_no_io_binding"] = measure_fixed_only(
+            onnx_backend(model_dir, io_binding=False), work, pad)
+        if name == "onnx-fused-fp16":
+            rr = onnx_backend(work_dir / "onnx-fused-fp16-reranker")
+            for budget in (BUDGET, 32768):
+                res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, pad, budget)
+            res["cuda_graph"] = cuda_graph_probe(model_dir, work, pad)
+            res["tensorrt"] = tensorrt_probe()
+    elif name == "torch-eager-bf16":
+        res.update(measure(torch_backend(ckpt, False), work, pad, modes=("sorted", "arrival64")))
+        res["rerank"] = reranker_heads(ckpt, work, pad)
+    elif name == "torch-compile-bf16":
+        res.update(measure(torch_backend(ckpt, True), work, pad))
+    elif name == "torch-fp32-reference":
+        sub = work["variable"][:128]
+        fn = torch_backend(ckpt, False, "float32")
+        np.save(work_dir / "ref.npy", embed(fn, sub, batches(sub, "sorted"), pad))
+        return res
+    emb = res.pop("_emb")
+    ref = np.load(work_dir / "ref.npy")
+    cos = (emb * ref).sum(-1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref, axis=-1))
+    res.update(cosine_min=float(cos.min()), cosine_mean=float(cos.mean()))
+    return res
+
+
+def measure_fixed_only(fn, work: dict, pad: int) -> float:
+    fixed = work["fixed"]
+    plan = [list(range(len(fixed)))]
+    for _ in range(3):
+        embed(fn, fixed, plan, pad)
+    return FIXED[0] * FIXED[1] / float(np.median(_timed(lambda: embed(fn, fixed, plan, pad), 20)))
+
+
+# ---------------------------------------------------------------- driver
+def prepare(work_dir: Path, tokenizer: Path) -> dict:
+    """Random-weight checkpoint + the three fused / unfused exports (with their parity reports)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    ckpt, cached = work_dir / "ckpt", work_dir / "exports.json"
+    if cached.exists():  # a second call on the same (warm) machine
+        return json.loads(cached.read_text())
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**ARCH)).to(torch.float32 if DRY_RUN else torch.bfloat16)
+    model.save_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok.save_pretrained(ckpt)
+    del model
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    meta = {"eot": eot, "pad": eot if tok.pad_token_id is None else tok.pad_token_id}
+    (work_dir / "meta.json").write_text(json.dumps(meta))
+    info = {}
+    jobs = [("onnx-torchscript-fp16", "embedder", "none"), ("onnx-fused-fp16", "embedder", "fused"),
+            ("onnx-fused-fp16-reranker", "reranker", "fused")]
+    for name, kind, optimize in jobs:
+        info[name] = _subprocess(["export", name, kind, optimize], work_dir)
+        print(f"export {name}: {json.dumps(info[name])[:300]}", file=sys.stderr, flush=True)
+    info["reference"] = _subprocess(["variant", "torch-fp32-reference"], work_dir)
+    cached.write_text(json.dumps(info))
+    return info
+
+
+def run_export(name: str, kind: str, optimize: str, work_dir: Path) -> dict:
+    from embedrank.export import export_model
+
+    start = time.perf_counter()
+    result = export_model(kind, str(work_dir / "ckpt"), work_dir / name,
+                          dtype="fp32" if DRY_RUN else "fp16", device=DEVICE, optimize=optimize,
+                          overwrite=True)
+    size = sum(f.stat().st_size for f in (work_dir / name).iterdir())
+    return {"seconds": time.perf_counter() - start, "parity": result.parity.to_dict(),
+            "manifest_extra": result.manifest.extra, "opset": result.manifest.opset,
+            "files": sorted(f.name for f in (work_dir / name).iterdir()), "bytes": size,
+            "host_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _subprocess(args: list[str], work_dir: Path) -> dict:
+    cmd = [sys.executable, "-m", "embedrank.export.gpu_bench", *args, "--work", str(work_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        return {"error": proc.stderr[-1500:]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def floors() -> dict:
+    per_token = linear_flops_per_token()
+    rerank_tokens = RERANK[0] * RERANK[1]
+    return {"linear_gflop_per_token": per_token / 1e9,
+            "floor_tokens_per_s": PEAK_FLOPS / per_token,
+            "rerank_floor_ms": per_token * rerank_tokens / PEAK_FLOPS * 1e3,
+            "lm_head_all_positions_gflop": 2 * ARCH["hidden_size"] * ARCH["vocab_size"]
+            * rerank_tokens / 1e9,
+            "one_logit_head_gflop": 2 * ARCH["hidden_size"] * RERANK[0] / 1e9}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["all", "prepare", "variant", "export"])
+    p.add_argument("args", nargs="*")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--only", default=",".join(VARIANTS))
+    a = p.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.step == "export":
+        print("RESULT " + json.dumps(run_export(*a.args, a.work)), flush=True)
+        return
+    if a.step == "variant":
+        print("RESULT " + json.dumps(run_variant(a.args[0], a.work)), flush=True)
+        return
+    out = json.loads(a.json.read_text()) if a.json and a.json.exists() else {}
+    if a.step in ("all", "prepare"):
+        out["exports"] = prepare(a.work, a.tokenizer)
+    for name in a.only.split(",") if a.step == "all" else []:
+        print(f"variant {name} ...", file=sys.stderr, flush=True)
+        out.setdefault("variants", {})[name] = _subprocess(["variant", name], a.work)
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=2))
+    out["floors"] = floors()
+    out["machine"] = _machine()
+    text = json.dumps(out, indent=2)
+    print(text)
+    if a.json:
+        a.json.write_text(text)
+
+
+def _machine() -> dict:
+    import onnxruntime as ort
+    import torch
+
+    smi = "dry run (cpu)" if DRY_RUN else subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+        capture_output=True, text=True).stdout.strip()
+    return {"gpu": smi, "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "cpu_count": os.cpu_count()}
+
+
+if __name__ == "__main__":
+    main()
