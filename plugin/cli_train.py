@@ -19,9 +19,10 @@ def train() -> None:
 def _train_options(fn):
     options = [
         click.option("--model", "model", required=True, help="Source checkpoint (HF dir or id)."),
-        click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+        click.option("--data", required=True, type=click.Path(exists=True),
                      help='JSONL: {"query","pos":[..],"neg":[..],"instruction"?} or '
-                          '{"query","response","rejected_response"}.'),
+                          '{"query","response","rejected_response"}; or a BEIR folder '
+                          "(train split)."),
         click.option("--out", required=True, type=click.Path(file_okay=False),
                      help="Output dir: final checkpoint, checkpoint-<step>/, train_log.jsonl."),
         click.option("--max-steps", type=int, default=None,
@@ -46,8 +47,9 @@ def _train_options(fn):
                      help="Token limit per training sequence."),
         click.option("--chunk-size", type=int, default=0, show_default=True,
                      help="GradCache chunk for large embedder batches (0 = off)."),
-        click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False),
-                     default=None, help="Held-out JSONL: nDCG@10 / MRR@10 at checkpoints."),
+        click.option("--eval", "eval_file", type=click.Path(exists=True), default=None,
+                     help="Held-out JSONL (ranks its own documents) or BEIR folder (test split "
+                          "vs the whole corpus): nDCG@10 / MRR@10 at checkpoints."),
         click.option("--save-every", type=int, default=0, show_default=True,
                      help="Checkpoint every N steps (0 = at the end only)."),
         click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT."),

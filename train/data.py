@@ -71,9 +71,34 @@ def parse_example(obj) -> Example:
     return Example(query, pos, neg, instruction)
 
 
-def load_examples(path: str | Path) -> list[Example]:
-    """Read a JSONL file; blank lines are skipped, anything else must be a valid example."""
+def _beir_text(doc: dict) -> str:
+    return f"{doc['title']}\n{doc['text']}" if doc.get("title") else doc["text"]
+
+
+def _load_beir(folder: Path, split: str):
+    from embedrank.plugin.metrics import load_beir
+
+    corpus, queries, qrels = load_beir(folder, split)
+    return {d: _beir_text(doc) for d, doc in corpus.items()}, queries, qrels
+
+
+def beir_examples(folder: str | Path, split: str = "train") -> list[Example]:
+    """A BEIR folder's split as examples: each query with its relevant documents (no negatives:
+    the batcher draws random ones)."""
+    corpus, queries, qrels = _load_beir(Path(folder), split)
+    examples = [Example(queries[q], tuple(corpus[d] for d, rel in sorted(docs.items()) if rel > 0))
+                for q, docs in qrels.items()]
+    return [e for e in examples if e.pos]
+
+
+def load_examples(path: str | Path, split: str = "train") -> list[Example]:
+    """Read a JSONL file; blank lines are skipped, anything else must be a valid example.
+
+    A directory is read as a BEIR folder (``corpus.jsonl``, ``queries.jsonl``,
+    ``qrels/<split>.tsv``), see :func:`beir_examples`."""
     path = Path(path)
+    if path.is_dir():
+        return beir_examples(path, split)
     if not path.is_file():
         raise InputError(f"data file {str(path)!r} not found")
     examples = []
@@ -183,5 +208,15 @@ class EvalSet:
         return cls(queries, dict(sorted(corpus.items())), qrels)
 
     @classmethod
+    def from_beir(cls, folder: str | Path, split: str = "test") -> EvalSet:
+        """The split's queries ranked against the folder's whole corpus."""
+        corpus, queries, qrels = _load_beir(Path(folder), split)
+        return cls({q: (queries[q], None) for q in qrels}, corpus,
+                   {q: dict(docs) for q, docs in qrels.items()})
+
+    @classmethod
     def load(cls, path: str | Path) -> EvalSet:
+        """A JSONL file (ranked against its own documents) or a BEIR folder (its test split)."""
+        if Path(path).is_dir():
+            return cls.from_beir(path)
         return cls.from_examples(load_examples(path))
