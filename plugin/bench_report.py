@@ -80,9 +80,12 @@ def plot(full: dict, out: Path, prefix: str = "") -> list[Path]:
     paths = [out / (prefix + THROUGHPUT_PNG), out / (prefix + LATENCY_PNG)]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for name, points in full["sweep"].items():
-        ax.plot(list(points), list(points.values()), marker="o", label=name)
+        ax.plot([int(n) for n in points], list(points.values()), marker="o", label=name)
+    lengths = [int(n) for n in next(iter(full["sweep"].values()))]
     ax.set(xscale="log", xlabel="tokens per document", ylabel="tokens/s",
            title=f"Embedding throughput, {full['config']['batch_size']} docs per call")
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
