@@ -3,7 +3,9 @@
 ONNX Runtime's transformer optimizer has no qwen3 model type (REFERENCE §6), so the fusions
 come from onnxscript's rewriter (``ort_fusions.optimize_for_ort``) on the dynamo-exported
 graph: RMSNorm -> ``SimplifiedLayerNormalization``, residual add + RMSNorm ->
-``SkipSimplifiedLayerNormalization``, SDPA -> ``MultiHeadAttention`` (com.microsoft).
+``SkipSimplifiedLayerNormalization``, SDPA -> ``MultiHeadAttention`` (com.microsoft), and,
+by one rule of ours (:func:`_rotary_rules`), rotary embedding -> ``RotaryEmbedding`` with
+precomputed cos / sin tables.
 The model is exported in its compute dtype (fp16 on CUDA), so the fp32 up-casts that
 Qwen3's RMSNorm and rotary embedding do in PyTorch are in the graph as PyTorch runs them.
 
@@ -36,6 +38,80 @@ def _example_inputs(module, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.tensor([[pad, pad, eot, eot], [eot, eot, eot, eot]], device=device)
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], device=device)
     return ids, mask
+
+
+def _rotary_rules(max_positions: int):
+    """x*cos + rotate_half(x)*sin, cos/sin computed from position ids -> com.microsoft.RotaryEmbedding.
+
+    onnxscript fuses rotary only where the frequencies come from ``MatMul + Transpose``; the
+    exporter writes Qwen3's ``inv_freq @ positions`` (contraction size 1) as a broadcast ``Mul``,
+    so its cos/sin-cache rule misses and leaves seven element-wise ops per q / k per layer.
+    This rule matches the ``Mul`` form and precomputes cos/sin tables for ``max_positions``.
+    """
+    import numpy as np
+    import onnx_ir as ir
+    from onnxscript.rewriter import pattern
+
+    class RotaryFromPositions(pattern.RewriteRuleClassBase):
+        def __init__(self, name: str, cast: bool) -> None:
+            super().__init__(name, remove_nodes=False)  # cos / sin are shared by all layers
+            self._cast = cast
+            self._tables: dict = {}
+
+        def pattern(self, op, x, pos, axes, inv_freq, start1, end1, start2, end2, dtype):
+            freqs = op.Mul(op.Cast(op.Unsqueeze(pos, axes), to=ir.DataType.FLOAT), inv_freq)
+            emb = op.Concat(freqs, freqs, axis=-1)
+            cos, sin = op.Cos(emb), op.Sin(emb)
+            if self._cast:
+                cos, sin = op.Cast(cos, to=dtype), op.Cast(sin, to=dtype)
+            cos, sin = op.Unsqueeze(cos, [1]), op.Unsqueeze(sin, [1])
+            half1 = op.Slice(x, start1, end1, [3], [1])
+            half2 = op.Slice(x, start2, end2, [3], [1])
+            return op.Add(op.Mul(x, cos), op.Mul(op.Concat(op.Neg(half2), half1, axis=-1), sin))
+
+        def check(self, context, x, pos, axes, inv_freq, start1, end1, start2, end2, **_):
+            result = pattern.MatchResult()
+            shape = x.shape
+            if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1::2]):
+                return result.fail("x is not [batch, heads, sequence, head_dim]", x)
+            half = shape[3] // 2
+            freq = inv_freq.const_value
+            if freq is None or freq.numpy().size != half or pos.shape is None or len(pos.shape) != 2:
+                return result.fail("not head_dim/2 constant frequencies over [batch, seq] ids")
+            values = [v.const_value.numpy().tolist() if v.const_value is not None else None
+                      for v in (axes, start1, end1, start2)]
+            if values != [[2], [0], [half], [half]] or end2.const_value is None \
+                    or end2.const_value.numpy().item() < shape[3]:
+                return result.fail("not a rotate-half split of the last axis")
+            return result
+
+        def rewrite(self, op, x, pos, inv_freq, dtype=None, **_):
+            key = (inv_freq, dtype.value if dtype is not None else None)
+            if key not in self._tables:
+                angles = np.arange(max_positions, dtype=np.float64)[:, None] \
+                    * inv_freq.const_value.numpy().reshape(1, -1).astype(np.float64)
+                np_dtype = np.float16 if self._cast and dtype.value == ir.DataType.FLOAT16 \
+                    else np.float32
+                self._tables[key] = tuple(op.Constant(value=ir.tensor(
+                    f(angles).astype(np.float32).astype(np_dtype))) for f in (np.cos, np.sin))
+            cos, sin = self._tables[key]
+            return op.RotaryEmbedding(x, pos, cos, sin, interleaved=0, num_heads=x.shape[1],
+                                      _domain="com.microsoft")
+
+        def cleanup(self) -> None:
+            self._tables.clear()
+
+    return pattern.RewriteRuleSet([RotaryFromPositions.rule("rotary_cast", cast=True),
+                                   RotaryFromPositions.rule("rotary", cast=False)])
+
+
+def _fuse_rotary(model, max_positions: int) -> int:
+    import onnx_ir as ir
+
+    count = _rotary_rules(max_positions).apply_to_model(model)
+    ir.passes.common.RemoveUnusedNodesPass()(model)
+    ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(model)
+    return count
 
 
 def _rename_output(model, name: str) -> None:
@@ -71,7 +147,7 @@ def _initializer_bytes(model) -> int:
 
 def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: int, module,
                  device: str, opset: int = FUSED_OPSET, external_threshold: int,
-                 external_name: str) -> dict[str, int]:
+                 external_name: str, max_positions: int, rotary: bool = True) -> dict[str, int]:
     """Export ``graph`` fused to ``path`` (+ one external-data file when large); return op counts."""
     try:
         ir = require("onnx_ir", "train")
@@ -88,6 +164,8 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
             dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), dynamo=True,
             opset_version=opset, optimize=False, verbose=False)
         model, _ = ort_fusions.optimize_for_ort(program.model)
+        if rotary:
+            _fuse_rotary(model, max_positions)
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]
     if missing:

@@ -179,7 +179,7 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
                 graph, kind, graph_dir / GRAPH_NAME, output=OUTPUT_NAMES[kind],
                 dim=module.model.config.hidden_size, module=module, device=torch_device,
                 opset=opset, external_threshold=EXTERNAL_DATA_THRESHOLD,
-                external_name=EXTERNAL_DATA_NAME)
+                external_name=EXTERNAL_DATA_NAME, max_positions=module.max_length)
         else:
             extra["exporter"] = "torch.onnx TorchScript"
             _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device, module)

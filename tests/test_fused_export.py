@@ -35,9 +35,10 @@ def test_fused_graph_holds_contrib_ops_and_keeps_the_contract(name, request):
     ops = _op_types(result.out)
     layers = 2  # tiny_ckpt
     assert ops["com.microsoft", "MultiHeadAttention"] == layers
+    assert ops["com.microsoft", "RotaryEmbedding"] == 2 * layers  # q and k
     assert ops["com.microsoft", "SkipSimplifiedLayerNormalization"] >= layers
     assert ops["", "SimplifiedLayerNormalization"] >= 1  # ORT registers it in the onnx domain
-    assert not any(op in ("Softmax", "Pow", "ReduceMean") for _, op in ops)  # nothing left unfused
+    assert not any(op in ("Softmax", "Pow", "ReduceMean", "Neg", "Cos") for _, op in ops)  # all fused
     graph = onnx.load(str(result.out / "model.onnx"), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in graph.output] == [result.manifest.output]
