@@ -76,6 +76,7 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
     """Search COLLECTION for TEXT and print rank, id, score and a text snippet."""
     from qdrant_client import models
 
+    from embedrank.errors import InputError
     from embedrank.plugin.ingest import hits_table, model_name, open_client
     from embedrank.plugin.retry import retry_call
     from embedrank.plugin.vectorizer import register_embedder
@@ -86,6 +87,9 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
     register_embedder(name, embedder)
     client = open_client(db, url, api_key)
     try:
+        if not retry_call(client.collection_exists, collection, what="reaching Qdrant"):
+            raise InputError(f"collection {collection!r} does not exist in {db or url}: "
+                             "create it with `embedrank ingest` first")
         if reranker:
             client.set_reranker(collection, reranker, text_field=text_field, top_k=top_k)
         options = {"instruction": instruction} if instruction is not None else None

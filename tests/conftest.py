@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reliability-full", action="store_true",
+                     help="Run the reliability suite at full size (same as "
+                          "EMBEDRANK_RELIABILITY_FULL=1): 100k documents, 16 x 500 calls.")
+
+
+def pytest_configure(config):
+    if config.getoption("--reliability-full"):
+        os.environ["EMBEDRANK_RELIABILITY_FULL"] = "1"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability table (tests/reliability_support.py): what was tried, survived, lost."""
+    support = sys.modules.get("reliability_support")  # imported only by the suite's tests
+    if support is not None and support.TALLY.rows:
+        terminalreporter.write_sep("=", "reliability")
+        terminalreporter.write_line(support.TALLY.table())
 
 
 def qwen_tokenizer_dir() -> Path:
