@@ -38,8 +38,8 @@ def markdown(full: dict, images: bool = True) -> str:
     cfg = full["config"]
     lo, hi = cfg["lengths"]
     lines = [f"# embedrank bench: {full['model']}", "",
-             f"- device: {full['device']}; ONNX dtype: {full['dtype']}; PyTorch: bf16 on CUDA, "
-             "fp32 on CPU",
+             f"- device: {full['device']}; ONNX dtype: {full['dtype']}; PyTorch dtype: "
+             f"{'bf16' if cfg['device'].startswith('cuda') else 'fp32'}",
              f"- documents: {cfg['docs']} with lengths drawn uniformly from {lo}:{hi} tokens "
              f"(seed {cfg['seed']}), {cfg['batch_size']} per embedding call; rerank: one query and "
              f"{cfg['rerank_docs']} documents per call, {cfg['rerank_calls']} calls",
