@@ -56,6 +56,8 @@ class TrainConfig:
     margin: float = _opt(0.1, "False-negative mask margin of the improved InfoNCE (embedder).")
     negatives: int = _opt(3, "Hard negatives K per query (own negatives first, then random).")
     instruction: str | None = _opt(None, "Instruction for lines without one [model default].")
+    pooling: str = _opt("last", "Embedder pooling: last (Qwen3-style decoder) or mean (BERT-style "
+                                "encoder, training side only).")
     lora: bool = _opt(True, "Train LoRA adapters (merged into the weights at save) or all "
                             "weights.")
     lora_r: int = _opt(16, "LoRA rank.")
@@ -84,6 +86,10 @@ class TrainResult:
 
 def load_model(kind: str, cfg: TrainConfig, device: torch.device) -> Embedder | Reranker:
     cls = {"embedder": Embedder, "reranker": Reranker}[kind]
+    if kind == "embedder" and cfg.pooling == "mean":
+        from embedrank.train.encoder import MeanPoolEmbedder as cls
+    elif cfg.pooling not in ("last", "mean"):
+        raise InputError(f"pooling must be 'last' or 'mean', got {cfg.pooling!r}")
     module = cls.from_pretrained(cfg.model, device=device, max_length=cfg.max_length)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
@@ -166,7 +172,7 @@ def save_checkpoint(module, opt, sched, step: int, out: Path) -> Path:
 
 
 def restore(module, opt, sched, path: Path) -> int:
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)  # never unpickle
     params = dict(_trainable(module))
     if set(params) != set(state["trainable"]):
         raise InputError(f"{path} was saved with other trainable weights (LoRA vs full, or "
