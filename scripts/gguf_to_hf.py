@@ -1,5 +1,6 @@
 """Dequantize a GGUF checkpoint (transformers' GGUF loader) into a plain HF safetensors dir."""
 import sys
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
