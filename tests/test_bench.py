@@ -14,6 +14,7 @@ from embedrank.plugin.bench import (
     make_texts,
     padding_waste,
     parse_lengths,
+    summary,
     sweep_lengths,
     word_pool,
 )
@@ -85,12 +86,8 @@ def test_bench_needs_a_model():
     assert "--random-arch" in result.output
 
 
-def test_embed_only_without_reranker(embedder_dir, tmp_path):
-    out = tmp_path / "b.json"
-    result = CliRunner().invoke(main, ["bench", "--embedder", str(embedder_dir), "--lengths",
-                                       "8:16", "--docs", "8", "--batch-size", "4", "--queries", "2",
-                                       "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    data = json.loads(out.read_text())
-    assert set(data) == {"device", "model", "embed", "ingest", "query"}
-    assert set(data["embed"]) == {"onnx"}
+def test_json_holds_only_measured_sections():
+    full = {"device": "cpu", "model": "m", "embed": {"onnx": {}}, "rerank": {},
+            "ingest": {"docs_per_s": 1.0, "embed_only_docs_per_s": 2.0}, "sweep": {}}
+    assert summary(full) == {"device": "cpu", "model": "m", "embed": {"onnx": {}},
+                             "ingest": {"docs_per_s": 1.0, "embed_only_docs_per_s": 2.0}}
