@@ -55,7 +55,8 @@ def _load(auto_cls: str, src: str, dtype, device, trust_remote_code: bool):
 
     cls = getattr(transformers, auto_cls)
     try:
-        model = cls.from_pretrained(str(src), dtype=dtype, trust_remote_code=trust_remote_code)
+        model = cls.from_pretrained(str(src), dtype=dtype, trust_remote_code=trust_remote_code,
+                                    use_safetensors=True)  # never unpickle .bin weights
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"cannot load a model from {src!r}: {exc}. Pass a local checkpoint "
                             "directory (config.json + safetensors) or a reachable hub id") from None
