@@ -18,6 +18,12 @@ def _target(fn):
                         help="Qdrant local mode database directory.")(fn)
 
 
+def _attempts(fn):
+    return click.option("--attempts", default=6, show_default=True, type=click.IntRange(min=1),
+                        help="Tries per call to Qdrant (exponential backoff with jitter "
+                             "between them).")(fn)
+
+
 @click.command()
 @click.argument("collection")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
@@ -27,8 +33,7 @@ def _target(fn):
               help="Field whose value makes the point id (uuid5); records without it use the text.")
 @_target
 @click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--attempts", default=6, show_default=True, type=click.IntRange(min=1),
-              help="Tries per call to Qdrant (exponential backoff with jitter between them).")
+@_attempts
 def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, batch_size,
            attempts) -> None:
     """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes."""
@@ -71,14 +76,15 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, b
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--instruction", default=None, help="Task instruction for the query.")
 @_target
+@_attempts
 def query(collection, text, embedder, reranker, limit, top_k, text_field, instruction, db,
-          url, api_key) -> None:
+          url, api_key, attempts) -> None:
     """Search COLLECTION for TEXT and print rank, id, score and a text snippet."""
     from qdrant_client import models
 
     from embedrank.errors import InputError
     from embedrank.plugin.ingest import hits_table, model_name, open_client
-    from embedrank.plugin.retry import retry_call
+    from embedrank.plugin.retry import Backoff, retry_call
     from embedrank.plugin.vectorizer import register_embedder
 
     if not db and not url:
@@ -87,15 +93,17 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
     register_embedder(name, embedder)
     client = open_client(db, url, api_key)
     try:
-        if not retry_call(client.collection_exists, collection, what="reaching Qdrant"):
-            raise InputError(f"collection {collection!r} does not exist in {db or url}: "
+        backoff = Backoff(attempts=attempts)
+        if not retry_call(client.collection_exists, collection, what="reaching Qdrant",
+                          backoff=backoff):
+            raise InputError(f"collection {collection!r} does not exist in {db or 'that server'}: "
                              "create it with `embedrank ingest` first")
         if reranker:
             client.set_reranker(collection, reranker, text_field=text_field, top_k=top_k)
         options = {"instruction": instruction} if instruction is not None else None
         hits = retry_call(client.query_points, collection, query=models.Document(
             text=text, model=name, options=options), limit=limit,
-            what=f"querying {collection!r}").points
+            what=f"querying {collection!r}", backoff=backoff).points
     finally:
         client.close()
     click.echo(hits_table(hits, text_field))
