@@ -16,15 +16,16 @@ import random
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 import qdrant_client
 from qdrant_client import models
 
-FULL = os.environ.get("EMBEDRANK_RELIABILITY_FULL") == "1"
+T = TypeVar("T")
 
 
-def size(ci: int, full: int) -> int:
+def size(ci: T, full: T) -> T:
     """Reduced sizes in CI; ``EMBEDRANK_RELIABILITY_FULL=1`` (or ``--reliability-full``) for all."""
     return full if os.environ.get("EMBEDRANK_RELIABILITY_FULL") == "1" else ci
 

@@ -28,6 +28,8 @@ from embedrank.plugin import (
     register_embedder,
 )
 from embedrank.plugin.cli import main
+from embedrank.plugin.ingest import ingest_records, model_name, read_records
+from embedrank.plugin.vectorizer import registration
 
 pytestmark = pytest.mark.reliability
 
@@ -239,6 +241,28 @@ def stored_count(db) -> int:
         client.close()
 
 
+THROUGH_CLI = {"invalid UTF-8", "malformed JSON", "CSV too many fields", "NUL byte"}
+
+
+def ingest_file(file, db, embedder_dir, cli: bool) -> tuple[int, str]:
+    """(exit code, output) of `embedrank ingest`; or of the same library calls in-process
+    (each CLI run loads the model again: the CLI runs only a few kinds)."""
+    if cli:
+        out = run("ingest", "docs", file, "--embedder", embedder_dir, "--path", db)
+        return out.exit_code, out.output
+    name = model_name(embedder_dir)
+    if registration(name) is None:
+        register_embedder(name, embedder_dir)
+    client = QdrantClient(path=str(db))
+    try:
+        result = ingest_records(client, "docs", read_records(file), name, source=file)
+        return 0, f"{result.added} added"
+    except EmbedrankError as exc:
+        return 1, f"error: {exc}"
+    finally:
+        client.close()
+
+
 def test_cli_ingest_refuses_bad_lines_and_writes_nothing_of_their_batch(db, embedder_dir):
     ok = 0
     for kind, line in {**JSONL_BAD, **CSV_BAD}.items():
@@ -247,11 +271,11 @@ def test_cli_ingest_refuses_bad_lines_and_writes_nothing_of_their_batch(db, embe
         header = [b"id,text"] if is_csv else []
         lines = header + good_lines(is_csv, 10) + [line] + good_lines(is_csv, 20)
         file.write_bytes(b"\n".join(lines) + b"\n")
-        out = run("ingest", "docs", file, "--embedder", embedder_dir, "--path", db)
+        code, output = ingest_file(file, db, embedder_dir, kind in THROUGH_CLI)
         bad_line = len(header) + 4
-        assert out.exit_code == 1 and f"{file.name}:{bad_line}" in out.output, (kind, out.output)
-        assert ERROR_WORDS.get(kind, "text") in out.output, (kind, out.output)
-        assert "Traceback" not in out.output and stored_count(db) == 3, kind
+        assert code == 1 and f"{file.name}:{bad_line}" in output, (kind, output)
+        assert ERROR_WORDS.get(kind, "text") in output, (kind, output)
+        assert "Traceback" not in output and stored_count(db) == 3, kind
         ok += 1
     big = db.parent / "big.jsonl"
     big.write_text(json.dumps({"id": "mb", "text": MEGABYTE}) + "\n", encoding="utf-8")
@@ -259,8 +283,8 @@ def test_cli_ingest_refuses_bad_lines_and_writes_nothing_of_their_batch(db, embe
     with open(big_csv, "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([["id", "text"], ["mb-csv", MEGABYTE]])
     for file in (big, big_csv):
-        out = run("ingest", "docs", file, "--embedder", embedder_dir, "--path", db)
-        assert out.exit_code == 0 and "1 added" in out.output, out.output
+        code, output = ingest_file(file, db, embedder_dir, file is big)
+        assert code == 0 and "1 added" in output, output
     assert stored_count(db) == 5
     tally("`embedrank ingest` (JSONL, CSV)", [*JSONL_BAD, *CSV_BAD, "1 MB text (valid)"],
           ok + 1)

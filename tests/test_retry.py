@@ -9,6 +9,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from embedrank.errors import InputError, ServiceError
 from embedrank.plugin.retry import Backoff, is_transient, retry_call
 
+pytestmark = pytest.mark.reliability
+
 
 def unexpected(status: int) -> UnexpectedResponse:
     return UnexpectedResponse(status, "reason", b"{}", httpx.Headers())
