@@ -118,3 +118,7 @@ main.add_command(demo)
 from embedrank.plugin.cli_bench import bench  # noqa: E402
 
 main.add_command(bench)
+
+from embedrank.plugin.cli_eval import eval_cmd  # noqa: E402
+
+main.add_command(eval_cmd)
