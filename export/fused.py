@@ -18,6 +18,7 @@ Our graphs have no cache and are left-padded, so K/V are expanded to the query h
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +31,43 @@ FUSED_OPSET = 20
 FUSED_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
              "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding")
 REQUIRED_OPS = ("SimplifiedLayerNormalization", "MultiHeadAttention")
+
+
+ATTENTION = "embedrank_sdpa_repeat_kv"
+
+
+def _sdpa_repeat_kv(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                    is_causal=None, **kwargs):
+    """SDPA with K/V repeated to the query heads and the mask passed explicitly.
+
+    transformers picks ``enable_gqa`` or ``repeat_kv`` by version and device; the first
+    exports as a pattern onnxscript fuses into GroupQueryAttention, whose kernels assume right
+    padding (wrong results / errors on our left-padded batches). This keeps one graph form.
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        batch, heads, length, dim = key.shape
+        key, value = (t[:, :, None].expand(batch, heads, groups, length, dim)
+                      .reshape(batch, heads * groups, length, dim) for t in (key, value))
+    out = nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=attention_mask is None)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def _exportable_attention(model: nn.Module):
+    """Run ``model`` with :func:`_sdpa_repeat_kv` (transformers' AttentionInterface) meanwhile."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, _sdpa_repeat_kv)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    previous = model.config._attn_implementation or "sdpa"
+    model.set_attn_implementation(ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 def _example_inputs(module, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +152,47 @@ def _fuse_rotary(model, max_positions: int) -> int:
     return count
 
 
+def _optimize_for_ort(model) -> None:
+    """onnxscript's ``ort_fusions.optimize_for_ort`` (0.7) minus the GroupQueryAttention rules.
+
+    Its GQA rule fires once rotary is fused (torch 2.11 / transformers 5.17 export that form)
+    and turns the padding mask into per-row lengths, which assumes right padding: the result
+    is wrong on left-padded batches (seen: cosine 0.2 on CPU, a CUDA error on the GPU).
+    """
+    import onnx_ir as ir
+    from onnxscript import optimizer
+    from onnxscript.rewriter import rewrite
+    from onnxscript.rewriter.ort_fusions import (
+        cos_sin_cache,
+        fused_matmul_rule_sets,
+        rms_normalization,
+        rotary_embedding,
+        sdpa,
+        sdpa_via_mha,
+        shape_optimization,
+        skip_normalization,
+    )
+
+    common = ir.passes.common
+    common.ShapeInferencePass()(model)
+    optimizer.optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    optimizer.optimize(model)
+    rms_normalization.fuse_rms_normalization(model)
+    skip_normalization.fuse_skip_rms_normalization(model)
+    rotary_embedding.fuse_rotary_embedding(model)
+    cos_sin_cache.fuse_cos_sin_cache(model)
+    common.CommonSubexpressionEliminationPass()(model)
+    sdpa.fuse_sdpa(model, apply_shape_inference=True)
+    sdpa_via_mha.replace_sdpa_by_mha(model)
+    optimizer.optimize(model)  # inlines the fusion functions nothing consumed
+    rewrite(model, fused_matmul_rule_sets.fused_matmul_rule_sets())
+    ir.passes.Sequential(common.LiftConstantsToInitializersPass(lift_all_constants=False,
+                                                                size_limit=1),
+                         common.RemoveInitializersFromInputsPass(),
+                         common.ShapeInferencePass())(model)
+
+
 def _rename_output(model, name: str) -> None:
     """Give the graph output ``name`` (dynamo may already use it for an inner value)."""
     taken = {v.name: v for node in model.graph for v in node.outputs}
@@ -151,23 +230,26 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
     """Export ``graph`` fused to ``path`` (+ one external-data file when large); return op counts."""
     try:
         ir = require("onnx_ir", "train")
-        ort_fusions = require("onnxscript.rewriter.ort_fusions", "train")
+        require("onnxscript.rewriter.ort_fusions", "train")
     except MissingDependencyError as exc:
         raise MissingDependencyError(f"{exc} (the fused export needs onnxscript >= 0.5 and "
                                      "onnx-ir), or export with --optimize none") from None
     ids, mask = _example_inputs(module, device)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _exportable_attention(module.model):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph, (ids, mask), input_names=["input_ids", "attention_mask"],
             dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), dynamo=True,
             opset_version=opset, optimize=False, verbose=False)
-        model, _ = ort_fusions.optimize_for_ort(program.model)
+        model = program.model
+        _optimize_for_ort(model)
         if rotary:
             _fuse_rotary(model, max_positions)
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]
+    if counts["GroupQueryAttention"]:  # the other fused attention
+        missing = [op for op in missing if op != "MultiHeadAttention"]
     if missing:
         raise FusionError(f"the fused export found no {' / '.join(missing)} pattern in this "
                           f"{kind} (fused ops: {counts}); export with --optimize none (TorchScript, "
