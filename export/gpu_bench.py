@@ -160,7 +160,7 @@ def measure(fn, work: dict, pad: int, modes=("sorted",)) -> dict:
         res[f"variable_{mode}_padding"] = 1 - real / padded
     res["peak_mem_mib"] = gpu_used_mib()
     sub = seqs[:128]
-    res["_emb"] = embed(fn, sub, batches(sub, "sorted"), pad)
+    res["_emb"] = embed(fn, sub, batches(sub, "sorted"), pad) if modes else None
     return res
 
 
@@ -275,7 +275,7 @@ def run_variant(name: str, work_dir: Path) -> dict:
         np.save(work_dir / "ref.npy", embed(fn, sub, batches(sub, "sorted"), pad))
         return res
     emb = res.pop("_emb")
-    if not (work_dir / "ref.npy").exists():
+    if emb is None or not (work_dir / "ref.npy").exists():
         return res
     ref = np.load(work_dir / "ref.npy")
     cos = (emb * ref).sum(-1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref, axis=-1))
