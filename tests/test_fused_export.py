@@ -20,8 +20,11 @@ def fused_embedder(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fused_reranker(tiny_ckpt, tmp_path_factory):
-    return export_model("reranker", str(tiny_ckpt), tmp_path_factory.mktemp("fused") / "rr",
-                        optimize="fused")
+    """Exported with every weight in external data (the > 2 GB path, at tiny size)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("embedrank.export.onnx.EXTERNAL_DATA_THRESHOLD", 0)
+        return export_model("reranker", str(tiny_ckpt), tmp_path_factory.mktemp("fused") / "rr",
+                            optimize="fused")
 
 
 def _op_types(model_dir) -> Counter:
@@ -56,6 +59,13 @@ def test_fused_embedder_passes_parity(fused_embedder):
 def test_fused_reranker_passes_parity(fused_reranker):
     report = fused_reranker.parity
     assert report.passed and report.max_abs_diff <= 1e-4
+
+
+def test_large_fused_graph_keeps_weights_in_one_external_file(fused_reranker, fused_embedder):
+    files = sorted(p.name for p in fused_reranker.out.iterdir() if p.name.startswith("model.onnx"))
+    assert files == ["model.onnx", "model.onnx.data"]
+    assert (fused_reranker.out / "model.onnx").stat().st_size < 1_000_000
+    assert not (fused_embedder.out / "model.onnx.data").exists()  # small: one file
 
 
 def test_fused_runtime_matches_torch_on_mixed_batches(fused_embedder, fused_reranker,
