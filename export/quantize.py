@@ -19,6 +19,7 @@ substrings left in fp32 (sensitive layers).
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from dataclasses import dataclass
@@ -53,6 +54,12 @@ RECIPES = {r.name: r for r in (
                 help="per-channel, first/last block and every down_proj kept fp32"),
     QuantRecipe("int8-block32", "blockwise", block_size=32,
                 help="8-bit weights and int8 activations in blocks of 32 (MatMulNBits)"),
+    QuantRecipe("int8-block32-keep", "blockwise", block_size=32, keep_fp32=SENSITIVE,
+                help="int8-block32, first/last block and every down_proj kept fp32"),
+    QuantRecipe("int8-block32-keepdown", "blockwise", block_size=32,
+                keep_fp32=(r"/mlp/down_proj/",), help="int8-block32, every down_proj kept fp32"),
+    QuantRecipe("w8-block32", "blockwise", block_size=32, accuracy_level=0,
+                help="weight-only: 8-bit weights in blocks of 32, fp32 activations and compute"),
     QuantRecipe("int8-block128", "blockwise", block_size=128,
                 help="8-bit weights and int8 activations in blocks of 128 (MatMulNBits)"),
 )}
@@ -99,6 +106,7 @@ def _blockwise(model, dst: Path, recipe: QuantRecipe, exclude: list[str], extern
         MatMulNBitsQuantizer,
     )
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     config = DefaultWeightOnlyQuantConfig(block_size=recipe.block_size, is_symmetric=True,
                                           accuracy_level=recipe.accuracy_level, bits=8,
                                           op_types_to_quantize=("MatMul",))
