@@ -37,7 +37,7 @@ def _export_options(fn):
     options = [
         click.argument("src"),
         click.argument("out", type=click.Path(file_okay=False)),
-        click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32",
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
                      show_default=True, help="Weights and compute precision of the graph."),
         click.option("--max-length", type=int, default=None,
                      help="Token limit stored in the manifest [default: min(8192, model limit)]."),
