@@ -173,6 +173,11 @@ def machine() -> str:
     import onnxruntime
 
     cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
     return (f"{platform.system()} {cpu}, {os.cpu_count()} CPUs, onnxruntime "
             f"{onnxruntime.__version__} (CPU)")
 
