@@ -29,7 +29,9 @@ from embedrank.plugin.retry import Backoff, retry_call
 pytestmark = pytest.mark.reliability
 
 N = size(2_000, 100_000)
-KILL_AT = size((0.4,), (0.25, 0.6))  # fractions of N at which the ingest is killed
+# qdrant-client's local mode on disk commits every point (~50-300 points/s): a smaller corpus
+KILL_N = size(2_000, 10_000)
+KILL_AT = size((0.4,), (0.25, 0.6))  # fractions of KILL_N at which the ingest is killed
 P_FAIL = 0.2
 TOPICS = ["rivers", "bread", "comets", "violins", "tides", "ferns", "glass", "owls", "maps", "salt"]
 
@@ -120,7 +122,7 @@ def spawn_ingest(corpus, db, embedder_dir) -> subprocess.Popen:
 
 
 def kill_when(proc: subprocess.Popen, fraction: float, timeout: float = size(300, 1500)) -> int:
-    """SIGKILL ``proc`` once its progress bar passes ``fraction`` of N; returns lines seen."""
+    """SIGKILL ``proc`` once its progress bar passes ``fraction`` of KILL_N; returns lines seen."""
     seen = [0]
 
     def watch():
@@ -134,7 +136,7 @@ def kill_when(proc: subprocess.Popen, fraction: float, timeout: float = size(300
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
-    while seen[0] < fraction * N:
+    while seen[0] < fraction * KILL_N:
         assert proc.poll() is None, "ingest finished before it could be killed"
         assert time.monotonic() < deadline, "ingest made no progress"
         time.sleep(0.02)
@@ -152,8 +154,10 @@ def stored(db) -> dict[str, tuple]:
         client.close()
 
 
-def test_ingest_killed_mid_run_resumes_to_exactly_the_input(tmp_path, corpus, clean,
-                                                             embedder_dir):
+def test_ingest_killed_mid_run_resumes_to_exactly_the_input(tmp_path, clean, embedder_dir):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows(KILL_N)), encoding="utf-8")
+    clean = {i: clean[i] for i in {point_id(r, r["text"], "id") for r in rows(KILL_N)}}
     db = tmp_path / "db"
     kept = []
     for fraction in KILL_AT:
@@ -163,13 +167,13 @@ def test_ingest_killed_mid_run_resumes_to_exactly_the_input(tmp_path, corpus, cl
         survived = stored(db)
         assert compare(survived, clean)[1] == 0  # what was written is right, nothing extra
         kept.append(len(survived))
-    assert 0 < kept[0] and kept == sorted(kept) and kept[-1] < N
+    assert 0 < kept[0] and kept == sorted(kept) and kept[-1] < KILL_N
     result = CliRunner().invoke(main, ["ingest", "docs", str(corpus), "--embedder",
                                        str(embedder_dir), "--path", str(db)])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert f"{N - kept[-1]} added, {kept[-1]} already present" in result.output
+    assert f"{KILL_N - kept[-1]} added, {kept[-1]} already present" in result.output
     missing, extra = compare(stored(db), clean)
     TALLY.add("ingest", f"`embedrank ingest --path`, SIGKILL x{len(kept)} (stored "
-              f"{', '.join(map(str, kept))}), rerun", N, N - missing, missing,
+              f"{', '.join(map(str, kept))}), rerun", KILL_N, KILL_N - missing, missing,
               f"{extra} duplicated/unexpected")
     assert missing == extra == 0
