@@ -48,6 +48,10 @@ def main() -> None:
                           "queries": len(data.queries), "docs": len(data.corpus),
                           "seconds": round(time.perf_counter() - start, 1)}), flush=True)
         candidates = top_k(run, args.depth)
+        if args.reranker:  # the same candidates in the embedder's order: what reranking changes
+            shallow = {q: {d: run[q][d] for d in docs} for q, docs in candidates.items()}
+            print(json.dumps({"embedder": emb_src, "depth": args.depth,
+                              **ranking_metrics(shallow, data.qrels)}), flush=True)
         for rr_src in args.reranker:
             start = time.perf_counter()
             reranker = Reranker.from_pretrained(rr_src, max_length=args.max_length)
