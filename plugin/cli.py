@@ -103,22 +103,12 @@ def verify(model_dir, src, device, json_out) -> None:
     if not report.passed:
         sys.exit(1)
 
+
+# Subcommands live in their own modules (heavy imports stay inside their functions).
+from embedrank.plugin.cli_bench import bench  # noqa: E402
+from embedrank.plugin.cli_eval import eval_cmd  # noqa: E402
+from embedrank.plugin.cli_qdrant import demo, ingest, query  # noqa: E402
 from embedrank.plugin.cli_train import merge, synth, train  # noqa: E402
 
-main.add_command(train)
-main.add_command(merge)
-main.add_command(synth)
-
-from embedrank.plugin.cli_qdrant import demo, ingest, query  # noqa: E402
-
-main.add_command(ingest)
-main.add_command(query)
-main.add_command(demo)
-
-from embedrank.plugin.cli_bench import bench  # noqa: E402
-
-main.add_command(bench)
-
-from embedrank.plugin.cli_eval import eval_cmd  # noqa: E402
-
-main.add_command(eval_cmd)
+for _command in (ingest, query, demo, train, merge, synth, eval_cmd, bench):
+    main.add_command(_command)
