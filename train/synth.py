@@ -214,7 +214,8 @@ class HFGenerator:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
+        weights = kw or {"use_safetensors": True}  # never unpickle: GGUF or safetensors only
+        self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **weights)
         self.model.to(self.device).eval()
         self.max_new_tokens, self.batch_size, self.progress = max_new_tokens, batch_size, progress
 
