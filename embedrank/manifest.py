@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from embedrank.errors import ManifestError, ModelDirError
@@ -20,6 +20,10 @@ TOKENIZER_NAME = "tokenizer.json"
 FORMAT_VERSION = 1
 KINDS = ("embedder", "reranker")
 OUTPUT_NAMES = {"embedder": "embedding", "reranker": "logit"}
+# manifest fields covered by the fingerprint: editing any of them changes what the model computes
+CONTRACT_FIELDS = ("kind", "prompts", "dim", "max_length", "dtype", "pad_token_id", "eot_token_id",
+                   "matryoshka_dims", "yes_token_id", "no_token_id", "padding_side", "pooling",
+                   "normalize", "inputs", "output")
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Manifest:
     max_length: int
     dtype: str  # "fp32" | "fp16"
     opset: int
-    fingerprint: str  # sha256 over graph (+ external data) and tokenizer.json
+    fingerprint: str  # sha256 over graph (+ external data), tokenizer.json and contract()
     pad_token_id: int
     eot_token_id: int
     matryoshka_dims: tuple[int, int] | None = None  # [min, max] for embedders
@@ -44,6 +48,17 @@ class Manifest:
     source: str = ""
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+
+    def contract(self) -> bytes:
+        """The fields that decide what the model computes, as canonical JSON (fingerprinted)."""
+        data = asdict(self)
+        data["prompts"] = self.prompts.to_dict()
+        picked = {k: data[k] for k in CONTRACT_FIELDS}
+        return json.dumps(picked, sort_keys=True, ensure_ascii=True).encode()
+
+    def sealed(self, directory: str | Path) -> Manifest:
+        """This manifest with the fingerprint of ``directory``'s files and its own contract."""
+        return replace(self, fingerprint=fingerprint(directory, self))
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -99,9 +114,15 @@ def graph_files(directory: str | Path) -> list[Path]:
     return [path / GRAPH_NAME] + sorted(p for p in path.glob(GRAPH_NAME + "?*") if p.is_file())
 
 
-def fingerprint(directory: str | Path) -> str:
-    """sha256 over the graph (with external data) and tokenizer.json, in a fixed order."""
+def fingerprint(directory: str | Path, manifest: Manifest | None = None) -> str:
+    """sha256 over the graph (with external data), tokenizer.json and the manifest's contract.
+
+    The contract (prompt strings, token ids, sizes) is part of the model's identity: a manifest
+    edited after export no longer matches its fingerprint.
+    """
     digest = hashlib.sha256()
+    if manifest is not None:
+        digest.update(manifest.contract())
     for file in [*graph_files(directory), Path(directory) / TOKENIZER_NAME]:
         digest.update(file.name.encode())
         with open(file, "rb") as fh:

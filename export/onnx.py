@@ -20,7 +20,7 @@ from torch import nn
 from embedrank.errors import InputError, ParityError
 from embedrank.export.fused import FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
-from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest, fingerprint
+from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
 from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids
 
 # torch dtype the module is loaded in; "int8" exports an fp32 graph, then quantizes it
@@ -129,13 +129,13 @@ def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str,
     dim = module.model.config.hidden_size
     return Manifest(
         kind=kind, prompts=module.prompts, dim=dim, max_length=module.max_length, dtype=dtype,
-        opset=opset, fingerprint=fingerprint(out), pad_token_id=module.pad_id,
+        opset=opset, fingerprint="", pad_token_id=module.pad_id,
         eot_token_id=module.eot_id,
         matryoshka_dims=(min(MIN_MATRYOSHKA_DIM, dim), dim) if kind == "embedder" else None,
         yes_token_id=tok.token_to_id(module.prompts.yes_token) if kind == "reranker" else None,
         no_token_id=tok.token_to_id(module.prompts.no_token) if kind == "reranker" else None,
         output=OUTPUT_NAMES[kind], source=str(src), extra=extra or {},
-    )
+    ).sealed(out)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:

@@ -24,7 +24,7 @@ import torch
 from embedrank.export.onnx import export_model
 from embedrank.export.quantize import DEFAULT_RECIPE, RECIPES, quantize
 from embedrank.formats import EOT_TOKEN, plan_batches
-from embedrank.manifest import GRAPH_NAME, fingerprint, read_manifest
+from embedrank.manifest import GRAPH_NAME, read_manifest
 
 TOKEN_BUDGET = 4096
 
@@ -89,8 +89,8 @@ def make_variant(fp32_dir: Path, out: Path, recipe: str) -> float:
     start = time.perf_counter()
     quantize(fp32_dir / GRAPH_NAME, out / GRAPH_NAME, recipe)
     seconds = time.perf_counter() - start
-    manifest = dataclasses.replace(read_manifest(out), dtype="int8", fingerprint=fingerprint(out),
-                                   extra={"int8_recipe": recipe})
+    manifest = dataclasses.replace(read_manifest(out), dtype="int8",
+                                   extra={"int8_recipe": recipe}).sealed(out)
     manifest.write(out)
     return seconds
 

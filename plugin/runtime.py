@@ -62,7 +62,7 @@ class _OnnxModel:
         if self.manifest.kind != self.kind:
             raise ManifestError(f"{str(self.path)!r} holds a {self.manifest.kind}, not a {self.kind}: "
                                 f"load it with embedrank.plugin.{self.manifest.kind.title()}")
-        if check_fingerprint and fingerprint(self.path) != self.manifest.fingerprint:
+        if check_fingerprint and fingerprint(self.path, self.manifest) != self.manifest.fingerprint:
             raise ManifestError(f"the files in {str(self.path)!r} do not match the fingerprint in its "
                                 "manifest (changed or corrupted since export); re-export the model")
         self.tokenizer = _tokenizer(self.path / TOKENIZER_NAME)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
 import numpy as np
 from qdrant_client import models
 
-from embedrank.manifest import TOKENIZER_NAME, fingerprint, read_manifest
+from embedrank.manifest import TOKENIZER_NAME, read_manifest
 from embedrank.plugin.demo_corpus import QUERIES, records
 
 CORPUS = records()
@@ -23,8 +22,7 @@ def other_fingerprint_dir(src: Path, dst: Path) -> Path:
         shutil.copytree(src, dst)
         with open(dst / TOKENIZER_NAME, "a", encoding="utf-8") as fh:
             fh.write("\n")
-        manifest = dataclasses.replace(read_manifest(dst), fingerprint=fingerprint(dst))
-        manifest.write(dst)
+        read_manifest(dst).sealed(dst).write(dst)
     return dst
 
 

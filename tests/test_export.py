@@ -77,7 +77,7 @@ def test_manifest_contents(embedder_dir):
     assert (m.padding_side, m.pooling) == ("left", "last_token")
     assert (m.eot_token_id, m.pad_token_id) == (151643, 151643)
     assert m.prompts.query_template == "Instruct: {instruction}\nQuery:{query}"
-    assert m.fingerprint == fingerprint(embedder_dir) and len(m.fingerprint) == 64
+    assert m.fingerprint == fingerprint(embedder_dir, m) and len(m.fingerprint) == 64
     assert m.max_length == 1024  # min(8192, the model's max_position_embeddings)
 
 
@@ -93,7 +93,7 @@ def test_external_data_for_large_graphs(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1_000)
     out = export_model("embedder", str(tiny_ckpt), tmp_path / "ext").out
     assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
-    assert read_manifest(out).fingerprint == fingerprint(out)
+    assert read_manifest(out).fingerprint == fingerprint(out, read_manifest(out))
     runtime = Embedder.load(out)
     assert runtime.embed_documents(["hello"]).shape == (1, 64)
 

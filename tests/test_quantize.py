@@ -35,7 +35,7 @@ def test_int8_embedder_passes_int8_parity(int8_embedder):
 def test_int8_manifest_and_graph(int8_embedder):
     out = int8_embedder.out
     manifest = read_manifest(out)
-    assert manifest.dtype == "int8" and manifest.fingerprint == fingerprint(out)
+    assert manifest.dtype == "int8" and manifest.fingerprint == fingerprint(out, manifest)
     assert manifest.extra["int8_recipe"] == DEFAULT_RECIPE
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert "MatMulNBits" in ops  # the linear layers are int8 blocks now

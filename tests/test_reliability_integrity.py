@@ -20,7 +20,7 @@ from qdrant_support import other_fingerprint_dir
 from reliability_support import TALLY
 
 from embedrank.errors import ManifestError, ModelDirError
-from embedrank.manifest import MANIFEST_NAME, TOKENIZER_NAME, fingerprint, read_manifest
+from embedrank.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, fingerprint, read_manifest
 from embedrank.plugin import Embedder, QdrantClient, Reranker
 from embedrank.plugin.cli import main
 
@@ -45,7 +45,7 @@ def edit_manifest(directory: Path, refingerprint: bool = False, **changes) -> No
     data = json.loads((directory / MANIFEST_NAME).read_text())
     data.update(changes)
     if refingerprint:
-        data["fingerprint"] = fingerprint(directory)
+        data["fingerprint"] = fingerprint(directory, Manifest.from_dict(data))
     rewrite(directory / MANIFEST_NAME, json.dumps(data).encode())
 
 
@@ -79,10 +79,12 @@ def test_damaged_or_mismatched_model_directories_are_refused(embedder_dir, tmp_p
                                                              ModelDirError, "truncated or corrupt"),
         "manifest: fingerprint edited": (lambda d: edit_manifest(d, fingerprint="0" * 64),
                                          ManifestError, "fingerprint"),
-        "manifest: input names edited": (lambda d: edit_manifest(d, inputs=["ids", "mask"]),
-                                         ManifestError, "graph .* takes"),
-        "manifest: output name edited": (lambda d: edit_manifest(d, output="logit"),
-                                         ManifestError, "returns"),
+        "manifest: dim edited": (lambda d: edit_manifest(d, dim=32),
+                                            ManifestError, "fingerprint"),
+        "manifest: input names edited, re-fingerprinted": (
+            lambda d: edit_manifest(d, True, inputs=["ids", "mask"]), ManifestError, "graph .* takes"),
+        "manifest: output name edited, re-fingerprinted": (
+            lambda d: edit_manifest(d, True, output="logit"), ManifestError, "returns"),
         "manifest: future format_version": (lambda d: edit_manifest(d, format_version=99),
                                             ManifestError, "upgrade embedrank"),
         "manifest: prompts removed": (lambda d: edit_manifest(d, prompts=None), ManifestError,
@@ -97,7 +99,8 @@ def test_damaged_or_mismatched_model_directories_are_refused(embedder_dir, tmp_p
         damage(d)
         with pytest.raises(error, match=message):
             Embedder.load(d)
-    assert fingerprint(embedder_dir) == read_manifest(embedder_dir).fingerprint  # untouched
+    manifest = read_manifest(embedder_dir)
+    assert fingerprint(embedder_dir, manifest) == manifest.fingerprint  # untouched
     TALLY.add("integrity", "damaged model dir / manifest / tokenizer", len(cases), len(cases), 0,
               "refused at load")
 

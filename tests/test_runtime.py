@@ -135,8 +135,10 @@ def test_manifest_that_does_not_match_the_graph(tmp_path, embedder_dir, reranker
     bad = tmp_path / "dim"
     shutil.copytree(embedder_dir, bad)
     _edit_manifest(bad, dim=128)
-    with pytest.raises(ManifestError, match="dim=128"):
+    with pytest.raises(ManifestError, match="fingerprint"):
         Embedder.load(bad)
+    with pytest.raises(ManifestError, match="dim=128"):  # the graph check, on its own
+        Embedder.load(bad, check_fingerprint=False)
     with pytest.raises(ManifestError, match="load it with embedrank.plugin.Reranker"):
         Embedder.load(reranker_dir)
     garbage = tmp_path / "garbage"
@@ -149,12 +151,27 @@ def test_manifest_that_does_not_match_the_graph(tmp_path, embedder_dir, reranker
         Embedder.load(bad)
 
 
+@pytest.mark.parametrize("change", [
+    {"prompts": {"query_template": "Instruct: {instruction}\nQuery: {query}"}},  # one extra space
+    {"max_length": 512},
+])
+def test_manifest_edited_after_export_breaks_the_fingerprint(tmp_path, embedder_dir, change):
+    edited = tmp_path / "edited"
+    shutil.copytree(embedder_dir, edited)
+    data = json.loads((edited / "embedrank.json").read_text())
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    (edited / "embedrank.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="fingerprint"):
+        Embedder.load(edited)
+
+
 def test_tokenizer_that_does_not_match(tmp_path, embedder_dir):
     bad = tmp_path / "tok"
     shutil.copytree(embedder_dir, bad)
     _edit_manifest(bad, eot_token_id=42)
     with pytest.raises(ManifestError, match="tokenizer"):
-        Embedder.load(bad)
+        Embedder.load(bad, check_fingerprint=False)
 
 
 @pytest.mark.parametrize("bad", [None, 3, [""], ["ok", 5]])
