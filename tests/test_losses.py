@@ -7,6 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from embedrank.errors import InputError
 from embedrank.train.losses import (
     CachedInfoNCE,
     ImprovedInfoNCELoss,
@@ -15,9 +18,6 @@ from embedrank.train.losses import (
     improved_infonce,
     reranker_loss,
 )
-from torch import nn
-
-from embedrank.errors import InputError
 
 # --------------------------------------------------------------------------- Eq. 1 by hand
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from embedrank.train.merge import merge_checkpoints, merge_state_dicts, slerp
 
 from embedrank.errors import InputError
+from embedrank.train.merge import merge_checkpoints, merge_state_dicts, slerp
 
 R2 = 1 / math.sqrt(2)
 
