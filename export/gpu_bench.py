@@ -206,43 +206,6 @@ def reranker_heads(ckpt: Path, work: dict, pad: int) -> dict:
     return res
 
 
-def cuda_graph_probe(model_dir: Path, work: dict, pad: int) -> dict:
-    """Fixed 64 x 256 through an ORT CUDA graph (all inputs / outputs bound on the device)."""
-    import onnxruntime as ort
-
-    from embedrank.formats import pad_left
-
-    ids, mask = pad_left(work["fixed"], pad)
-    try:
-        sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=[
-            ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
-        binding = sess.io_binding()
-        ids_v, mask_v = (ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0) for x in (ids, mask))
-        out = ort.OrtValue.ortvalue_from_shape_and_type([len(ids), ARCH["hidden_size"]], np.float32,
-                                                       "cuda", 0)
-        binding.bind_ortvalue_input("input_ids", ids_v)
-        binding.bind_ortvalue_input("attention_mask", mask_v)
-        binding.bind_ortvalue_output(sess.get_outputs()[0].name, out)
-        for _ in range(3):
-            sess.run_with_iobinding(binding)
-        t = _timed(lambda: (sess.run_with_iobinding(binding), out.numpy()), 20)
-        return {"fixed_tokens_per_s": ids.size / float(np.median(t))}
-    except Exception as exc:  # report why it does not apply
-        return {"error": str(exc)[:400]}
-
-
-def tensorrt_probe() -> dict:
-    import onnxruntime as ort
-
-    try:
-        import ctypes
-
-        ctypes.CDLL("libnvinfer.so.10")
-        return {"libnvinfer": "found", "providers": ort.get_available_providers()}
-    except OSError as exc:
-        return {"libnvinfer": f"missing ({exc})", "providers": ort.get_available_providers()}
-
-
 # ---------------------------------------------------------------- one variant per process
 def run_variant(name: str, work_dir: Path) -> dict:
     import torch  # noqa: F401  (loads the CUDA libraries ONNX Runtime's CUDA provider needs)
@@ -262,6 +225,8 @@ def run_variant(name: str, work_dir: Path) -> dict:
             rr = onnx_backend(work_dir / "onnx-fused-fp16-reranker")
             for budget in (BUDGET, 32768):
                 res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, pad, budget)
+            from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
+
             res["cuda_graph"] = cuda_graph_probe(model_dir, work, pad)
             res["tensorrt"] = tensorrt_probe()
     elif name == "torch-eager-bf16":

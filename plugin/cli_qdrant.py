@@ -24,6 +24,18 @@ def _attempts(fn):
                              "between them).")(fn)
 
 
+def _connect(embedder: str, db: str | None, url: str | None, api_key: str | None):
+    """Register ``embedder`` under its model name and open the client: (client, name)."""
+    from embedrank.plugin.ingest import model_name, open_client
+    from embedrank.plugin.vectorizer import register_embedder
+
+    if not db and not url:
+        raise click.UsageError("give --path DB (local mode) or --url URL (a Qdrant server)")
+    name = model_name(embedder)
+    register_embedder(name, embedder)
+    return open_client(db, url, api_key), name
+
+
 @click.command()
 @click.argument("collection")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
@@ -39,21 +51,10 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, b
     """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes."""
     from tqdm import tqdm
 
-    from embedrank.plugin.ingest import (
-        count_lines,
-        ingest_records,
-        model_name,
-        open_client,
-        read_records,
-    )
+    from embedrank.plugin.ingest import count_lines, ingest_records, read_records
     from embedrank.plugin.retry import Backoff
-    from embedrank.plugin.vectorizer import register_embedder
 
-    if not db and not url:
-        raise click.UsageError("give --path DB (local mode) or --url URL (a Qdrant server)")
-    name = model_name(embedder)
-    register_embedder(name, embedder)
-    client = open_client(db, url, api_key)
+    client, name = _connect(embedder, db, url, api_key)
     try:
         with tqdm(total=count_lines(file), unit="line", desc=collection) as bar:
             result = ingest_records(client, collection, read_records(file), name,
@@ -83,15 +84,10 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
     from qdrant_client import models
 
     from embedrank.errors import InputError
-    from embedrank.plugin.ingest import hits_table, model_name, open_client
+    from embedrank.plugin.ingest import hits_table
     from embedrank.plugin.retry import Backoff, retry_call
-    from embedrank.plugin.vectorizer import register_embedder
 
-    if not db and not url:
-        raise click.UsageError("give --path DB (local mode) or --url URL (a Qdrant server)")
-    name = model_name(embedder)
-    register_embedder(name, embedder)
-    client = open_client(db, url, api_key)
+    client, name = _connect(embedder, db, url, api_key)
     try:
         backoff = Backoff(attempts=attempts)
         if not retry_call(client.collection_exists, collection, what="reaching Qdrant",
