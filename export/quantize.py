@@ -22,8 +22,11 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from embedrank.errors import InputError, require
 
@@ -38,6 +41,7 @@ class QuantRecipe:
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations and int8 dot products
     weights_only: bool = True  # dynamic: quantize MatMuls with a constant weight only
     keep_fp32: tuple[str, ...] = ()  # regexes on node names left in fp32
+    smooth: float | None = None  # SmoothQuant alpha (export/smooth.py); needs calibration
     help: str = ""
 
 
@@ -62,6 +66,14 @@ RECIPES = {r.name: r for r in (
                 help="weight-only: 8-bit weights in blocks of 32, fp32 activations and compute"),
     QuantRecipe("int8-block128", "blockwise", block_size=128,
                 help="8-bit weights and int8 activations in blocks of 128 (MatMulNBits)"),
+    QuantRecipe("smooth-dynamic-pc", "dynamic", per_channel=True, smooth=0.5,
+                help="SmoothQuant alpha 0.5, then dynamic-pc"),
+    QuantRecipe("smooth-dynamic-pc-keep", "dynamic", per_channel=True, smooth=0.5,
+                keep_fp32=SENSITIVE, help="SmoothQuant alpha 0.5, then dynamic-pc-keep"),
+    QuantRecipe("pertoken", "pertoken",
+                help="per-channel int8 weights, int8 activations with a scale per token"),
+    QuantRecipe("smooth-pertoken", "pertoken", smooth=0.5,
+                help="SmoothQuant alpha 0.5, then pertoken"),
 )}
 DEFAULT_RECIPE = "int8-block32"
 
@@ -86,11 +98,11 @@ def select_nodes(model, keep_fp32: tuple[str, ...]) -> tuple[list[str], list[str
     return [n for n in names if n not in keep], keep
 
 
-def _dynamic(src: Path, dst: Path, recipe: QuantRecipe, include: list[str], external: bool) -> None:
+def _dynamic(model, dst: Path, recipe: QuantRecipe, include: list[str], external: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
+        model, str(dst), op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
         nodes_to_quantize=include if recipe.weights_only else None,
         nodes_to_exclude=None if recipe.weights_only else [],
@@ -100,7 +112,6 @@ def _dynamic(src: Path, dst: Path, recipe: QuantRecipe, include: list[str], exte
 
 
 def _blockwise(model, dst: Path, recipe: QuantRecipe, exclude: list[str], external: bool) -> None:
-    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -112,8 +123,97 @@ def _blockwise(model, dst: Path, recipe: QuantRecipe, exclude: list[str], extern
                                           op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
     quantizer.process()
-    onnx.save_model(quantizer.model.model, str(dst), save_as_external_data=external,
+    _save(quantizer.model.model, dst, external)
+
+
+def _save(model, dst: Path, external: bool) -> None:
+    import onnx
+
+    onnx.save_model(model, str(dst), save_as_external_data=external,
                     all_tensors_to_one_file=True, location=dst.name + ".data")
+
+
+def _activation_quant(x: str, prefix: str, opset: int, nodes: list, consts: dict) -> tuple[str, str]:
+    """Nodes quantizing ``x`` per token (last axis): (uint8 codes, float scale per token)."""
+    from onnx import TensorProto, helper
+
+    def out(tag: str) -> str:
+        return f"{prefix}/{tag}"
+
+    nodes.append(helper.make_node("Abs", [x], [out("abs")], name=out("Abs")))
+    if opset >= 18:
+        nodes.append(helper.make_node("ReduceMax", [out("abs"), consts["axes"]], [out("amax")],
+                                      name=out("ReduceMax"), keepdims=1))
+    else:
+        nodes.append(helper.make_node("ReduceMax", [out("abs")], [out("amax")],
+                                      name=out("ReduceMax"), axes=[-1], keepdims=1))
+    nodes += [
+        helper.make_node("Mul", [out("amax"), consts["inv127"]], [out("scale0")], name=out("Mul")),
+        helper.make_node("Max", [out("scale0"), consts["eps"]], [out("scale")], name=out("Max")),
+        helper.make_node("Div", [x, out("scale")], [out("div")], name=out("Div")),
+        helper.make_node("Round", [out("div")], [out("round")], name=out("Round")),
+        helper.make_node("Add", [out("round"), consts["zp_float"]], [out("shift")], name=out("Add")),
+        helper.make_node("Cast", [out("shift")], [out("codes")], name=out("Cast"),
+                         to=TensorProto.UINT8),
+    ]
+    return out("codes"), out("scale")
+
+
+def quantize_per_token(model, names: list[str], reduce_range: bool = False) -> None:
+    """Replace the MatMuls ``names`` (constant weight) by int8 ones, in standard ONNX ops.
+
+    Weights: symmetric int8 per output channel. Activations: uint8 with one scale per token,
+    computed at run time (``s = max|x| / 127``, codes ``round(x / s) + 128``), so a token with
+    massive activations (an attention sink) only coarsens itself, not the whole batch as the
+    per-tensor scale of ``quantize_dynamic`` does. ``MatMulInteger`` (u8 x s8, the VNNI path)
+    then ``* s * w_scale``. Linears reading the same activation share its quantization.
+    ``reduce_range``: 7-bit weights, for CPUs without VNNI whose u8 x s8 kernels saturate.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    levels = 63 if reduce_range else 127
+    consts = {"inv127": "pertoken/inv127", "eps": "pertoken/eps", "zp_float": "pertoken/zp_float",
+              "zp": "pertoken/zp", "axes": "pertoken/axes"}
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(1 / 127, np.float32), consts["inv127"]),
+        numpy_helper.from_array(np.array(1e-12, np.float32), consts["eps"]),
+        numpy_helper.from_array(np.array(128, np.float32), consts["zp_float"]),
+        numpy_helper.from_array(np.array(128, np.uint8), consts["zp"]),
+        numpy_helper.from_array(np.array([-1], np.int64), consts["axes"]),
+    ])
+    wanted, quantized, nodes = set(names), {}, []
+    for node in model.graph.node:
+        if node.name not in wanted:
+            nodes.append(node)
+            continue
+        x, w = node.input
+        if x not in quantized:
+            quantized[x] = _activation_quant(x, f"{node.name}/xq", opset, nodes, consts)
+        codes, scale = quantized[x]
+        weight = numpy_helper.to_array(inits[w])
+        w_scale = np.maximum(np.abs(weight).max(0), 1e-12) / levels
+        w_int8 = np.clip(np.round(weight / w_scale), -levels, levels).astype(np.int8)
+        p = node.name
+        model.graph.initializer.extend([numpy_helper.from_array(w_int8, f"{p}/w_int8"),
+                                        numpy_helper.from_array(w_scale.astype(np.float32),
+                                                                f"{p}/w_scale")])
+        nodes += [
+            helper.make_node("MatMulInteger", [codes, f"{p}/w_int8", consts["zp"]], [f"{p}/acc"],
+                             name=f"{p}/MatMulInteger"),
+            helper.make_node("Cast", [f"{p}/acc"], [f"{p}/acc_float"], name=f"{p}/Cast",
+                             to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{p}/acc_float", scale], [f"{p}/scaled"], name=f"{p}/MulX"),
+            helper.make_node("Mul", [f"{p}/scaled", f"{p}/w_scale"], [node.output[0]],
+                             name=f"{p}/MulW"),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
 
 
 @dataclass
@@ -121,39 +221,81 @@ class QuantResult:
     recipe: str
     quantized: int
     kept_fp32: list[str]
+    smoothed: int = 0  # activations smoothed (SmoothQuant sites)
+
+
+def get_recipe(recipe: str | QuantRecipe) -> QuantRecipe:
+    if isinstance(recipe, QuantRecipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise InputError(f"unknown int8 recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[recipe]
 
 
 def quantize(src: str | Path, dst: str | Path, recipe: str | QuantRecipe = DEFAULT_RECIPE,
-             external_data: bool = False) -> QuantResult:
-    """Write an int8 variant of the fp32 graph ``src`` to ``dst`` following ``recipe``."""
+             external_data: bool = False, calibration: Sequence[Sequence[int]] | None = None,
+             threads: int = 2) -> QuantResult:
+    """Write an int8 variant of the fp32 graph ``src`` to ``dst`` following ``recipe``.
+
+    ``calibration``: token id sequences (texts formatted and tokenized as the runtime does,
+    e.g. :func:`calibration_ids`) for the recipes that smooth (``recipe.smooth``).
+    """
     require("onnxruntime", "train")
     import onnx
 
-    if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise InputError(f"unknown int8 recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-        recipe = RECIPES[recipe]
+    recipe = get_recipe(recipe)
+    if recipe.method not in ("dynamic", "blockwise", "pertoken"):
+        raise InputError(f"unknown quantization method {recipe.method!r}")
+    if recipe.smooth is not None and not calibration:
+        raise InputError(f"int8 recipe {recipe.name!r} smooths activations and needs calibration "
+                         "texts (token ids); pass calibration=... (export: a calibration file)")
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src), load_external_data=True)
     include, keep = select_nodes(model, recipe.keep_fp32)
     if not include:  # ORT reads an empty node list as "all nodes"
         raise InputError(f"recipe {recipe.name!r} keeps every linear layer of {str(src)!r} in "
                          "fp32: nothing to quantize; pick another recipe")
+    report = None
+    if recipe.smooth is not None:
+        from embedrank.export.smooth import smooth
+
+        report = smooth(model, calibration, recipe.smooth, threads)
     if recipe.method == "dynamic":
-        _dynamic(src, dst, recipe, include, external_data)
-    elif recipe.method == "blockwise":
-        _blockwise(model, dst, recipe, keep, external_data)
+        _dynamic(model, dst, recipe, include, external_data)
+    elif recipe.method == "pertoken":
+        quantize_per_token(model, include, recipe.reduce_range)
+        _save(model, dst, external_data)
     else:
-        raise InputError(f"unknown quantization method {recipe.method!r}")
-    return QuantResult(recipe.name, len(include), keep)
+        _blockwise(model, dst, recipe, keep, external_data)
+    return QuantResult(recipe.name, len(include), keep,
+                       len(report.sites) if report else 0)
+
+
+def calibration_ids(model_dir: str | Path, documents: Sequence[str] = (),
+                    queries: Sequence[str] = ()) -> list[list[int]]:
+    """Token ids of calibration texts as the runtime of the model directory ``model_dir``
+    (manifest + tokenizer) formats them: documents as they are, queries with the query
+    template and the default instruction."""
+    from embedrank.formats import encode_embedding_inputs, load_tokenizer, plain_tokenizer
+    from embedrank.manifest import read_manifest
+
+    manifest = read_manifest(Path(model_dir))
+    if manifest.kind != "embedder":
+        raise InputError(f"calibration_ids formats embedder inputs; {str(model_dir)!r} is a "
+                         f"{manifest.kind}")
+    tokenizer = plain_tokenizer(load_tokenizer(Path(model_dir) / "tokenizer.json"))
+    texts = list(documents) + [manifest.prompts.query(q) for q in queries]
+    return encode_embedding_inputs(tokenizer, texts, manifest.max_length,
+                                   manifest.prompts.eot_token)
 
 
 def quantize_in_place(graph: Path, recipe: str | QuantRecipe = DEFAULT_RECIPE,
-                      external_data: bool = False) -> QuantResult:
+                      external_data: bool = False,
+                      calibration: Sequence[Sequence[int]] | None = None) -> QuantResult:
     """Replace ``graph`` (and its external data) by its int8 variant."""
     with tempfile.TemporaryDirectory(dir=graph.parent) as tmp:
         out = Path(tmp) / graph.name
-        result = quantize(graph, out, recipe, external_data)
+        result = quantize(graph, out, recipe, external_data, calibration)
         for old in graph.parent.glob(graph.name + "*"):
             if old.is_file():
                 old.unlink()
