@@ -174,16 +174,27 @@ def encode_rerank_inputs(tokenizer, fmt: PromptFormat, query: str, documents: Se
     return [prefix + list(enc.ids)[:budget] + suffix for enc in encs]
 
 
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad to the longest sequence: (input_ids, attention_mask), both int64."""
+PADDING_SIDES = ("left", "right")
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[np.ndarray, np.ndarray]:
+    """Pad to the longest sequence on ``side``: (input_ids, attention_mask), both int64."""
+    if side not in PADDING_SIDES:
+        raise InputError(f"padding side must be one of {PADDING_SIDES}, got {side!r}")
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for row, seq in enumerate(seqs):
         if seq:
-            ids[row, width - len(seq):] = seq
-            mask[row, width - len(seq):] = 1
+            cols = slice(width - len(seq), None) if side == "left" else slice(0, len(seq))
+            ids[row, cols] = seq
+            mask[row, cols] = 1
     return ids, mask
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad to the longest sequence: (input_ids, attention_mask), both int64."""
+    return pad(seqs, pad_id, "left")
 
 
 def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:

@@ -80,6 +80,9 @@ class Manifest:
                                 "with `embedrank export`") from None
         if manifest.kind not in KINDS:
             raise ManifestError(f"{MANIFEST_NAME}: unknown kind {manifest.kind!r}")
+        if manifest.padding_side not in ("left", "right"):
+            raise ManifestError(f"{MANIFEST_NAME}: padding_side must be 'left' or 'right', got "
+                                f"{manifest.padding_side!r}")
         if manifest.format_version > FORMAT_VERSION:
             raise ManifestError(f"{MANIFEST_NAME} has format_version {manifest.format_version}; "
                                 "upgrade embedrank to load it")

@@ -9,10 +9,16 @@ precomputed cos / sin tables.
 The model is exported in its compute dtype (fp16 on CUDA), so the fp32 up-casts that
 Qwen3's RMSNorm and rotary embedding do in PyTorch are in the graph as PyTorch runs them.
 
-GroupQueryAttention does not apply: onnxscript's GQA rule matches a decoder with a KV cache
-(past/present key-values), and ORT's GQA kernel assumes right padding in the prompt phase.
-Our graphs have no cache and are left-padded, so K/V are expanded to the query heads and
-``MultiHeadAttention`` gets the padding + causal mask as an additive attention bias.
+Attention, two forms (``attention=``):
+
+* ``"gqa"`` (default): one ``GroupQueryAttention`` per layer, written by the exporter itself
+  (:mod:`embedrank.export.gqa`): rotary inside the op, K/V at their own head count, no
+  layout transposes, causal flash attention. The graph is **right-padded** (manifest
+  ``padding_side``). Its CUDA kernels are fp16 / bf16 only.
+* ``"mha"``: K/V expanded to the query heads and ``MultiHeadAttention`` with the padding +
+  causal mask as an additive bias, on left-padded batches (any dtype). onnxscript's own GQA
+  rule is left out on purpose: it turns the mask into per-row lengths, i.e. assumes right
+  padding, and breaks left-padded graphs.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from embedrank.errors import FusionError, MissingDependencyError, require
+from embedrank.errors import FusionError, InputError, MissingDependencyError, require
+from embedrank.export.gqa import ONNX_TRANSLATION, RightPaddedGraph, gqa_attention
 
 FUSED_OPSET = 20
 # fused op type -> the onnxscript fusion counts that produce it
@@ -70,11 +77,17 @@ def _exportable_attention(model: nn.Module):
         model.set_attn_implementation(previous)
 
 
-def _example_inputs(module, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A left-padded batch of 2 x 4 (dynamo specializes sizes 0 and 1, so avoid them)."""
+ATTENTIONS = ("gqa", "mha")
+
+
+def _example_inputs(module, device: str, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch of 2 x 4 (dynamo specializes sizes 0 and 1, so avoid them)."""
     pad, eot = module.pad_id, module.eot_id
-    ids = torch.tensor([[pad, pad, eot, eot], [eot, eot, eot, eot]], device=device)
-    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], device=device)
+    row, row_mask = [pad, pad, eot, eot], [0, 0, 1, 1]
+    if side == "right":
+        row, row_mask = row[::-1], row_mask[::-1]
+    ids = torch.tensor([row, [eot, eot, eot, eot]], device=device)
+    mask = torch.tensor([row_mask, [1, 1, 1, 1]], device=device)
     return ids, mask
 
 
@@ -226,25 +239,40 @@ def _initializer_bytes(model) -> int:
 
 def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: int, module,
                  device: str, opset: int = FUSED_OPSET, external_threshold: int,
-                 external_name: str, max_positions: int, rotary: bool = True) -> dict[str, int]:
-    """Export ``graph`` fused to ``path`` (+ one external-data file when large); return op counts."""
+                 external_name: str, max_positions: int, attention: str = "gqa") -> dict[str, int]:
+    """Export ``graph`` fused to ``path`` (+ one external-data file when large); return op counts.
+
+    ``attention="gqa"`` writes a right-padded graph, ``"mha"`` a left-padded one.
+    """
     try:
         ir = require("onnx_ir", "train")
         require("onnxscript.rewriter.ort_fusions", "train")
     except MissingDependencyError as exc:
         raise MissingDependencyError(f"{exc} (the fused export needs onnxscript >= 0.5 and "
                                      "onnx-ir), or export with --optimize none") from None
-    ids, mask = _example_inputs(module, device)
+    if attention not in ATTENTIONS:
+        raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    ids, mask = _example_inputs(module, device, "right" if attention == "gqa" else "left")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with warnings.catch_warnings(), torch.no_grad(), _exportable_attention(module.model):
+    translation = None
+    if attention == "gqa":
+        dtype = next(module.model.parameters()).dtype
+        context = gqa_attention(module.model, max_positions, dtype, device)
+        translation = ONNX_TRANSLATION
+    else:
+        context = _exportable_attention(module.model)
+    with warnings.catch_warnings(), torch.no_grad(), context as state:
         warnings.simplefilter("ignore")
+        if attention == "gqa":
+            graph = RightPaddedGraph(graph, state)
         program = torch.onnx.export(
             graph, (ids, mask), input_names=["input_ids", "attention_mask"],
             dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), dynamo=True,
-            opset_version=opset, optimize=False, verbose=False)
+            opset_version=opset, optimize=False, verbose=False,
+            custom_translation_table=translation)
         model = program.model
         _optimize_for_ort(model)
-        if rotary:
+        if attention == "mha":
             _fuse_rotary(model, max_positions)
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]

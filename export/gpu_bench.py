@@ -45,9 +45,12 @@ if DRY_RUN:
     ARCH = {**ARCH, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
     FIXED, VARIABLE, RERANK = (8, 32), (40, 8, 64), (10, 32)
-EXPORTS = (("onnx-torchscript-fp16", "embedder", "none"), ("onnx-fused-fp16", "embedder", "fused"),
-           ("onnx-fused-fp16-reranker", "reranker", "fused"))
-VARIANTS = ("onnx-torchscript-fp16", "onnx-fused-fp16", "torch-eager-bf16", "torch-compile-bf16")
+# name -> (kind, optimize, attention); "onnx-fused-fp16" is the export default on CUDA (GQA)
+EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None),
+           "onnx-fused-fp16": ("embedder", "fused", "gqa"),
+           "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa"),
+           "onnx-fused-mha-fp16": ("embedder", "fused", "mha")}
+VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
 
 
 def linear_flops_per_token(a: dict = ARCH) -> float:
@@ -86,37 +89,41 @@ def gpu_used_mib() -> float:
 
 
 # ---------------------------------------------------------------- backends
-def onnx_backend(model_dir: Path, io_binding: bool = True):
+# a backend maps a list of token-id rows to an array of results; it pads as its model expects
+def onnx_backend(model_dir: Path, pad_id: int, io_binding: bool = True):
+    from embedrank.formats import pad
     from embedrank.manifest import read_manifest
     from embedrank.plugin.runtime import Embedder, Reranker
 
-    cls = Embedder if read_manifest(model_dir).kind == "embedder" else Reranker
+    manifest = read_manifest(model_dir)
+    cls = Embedder if manifest.kind == "embedder" else Reranker
     model = cls.load(model_dir, device=DEVICE, io_binding=io_binding)
-    return lambda ids, mask: model._infer(ids, mask)
+    return lambda rows: model._infer(*pad(rows, pad_id, manifest.padding_side))
 
 
-def torch_backend(ckpt: Path, compile: bool, dtype: str = "float32" if DRY_RUN else "bfloat16"):
+def torch_backend(ckpt: Path, pad_id: int, compile: bool,
+                  dtype: str = "float32" if DRY_RUN else "bfloat16"):
     import torch
 
+    from embedrank.formats import pad_left
     from embedrank.train.modeling import Embedder
 
     module = Embedder.from_pretrained(ckpt, dtype=getattr(torch, dtype), device=DEVICE).eval()
     fn = torch.compile(module) if compile else module
 
     @torch.inference_mode()
-    def run(ids, mask):
+    def run(rows):
+        ids, mask = pad_left(rows, pad_id)
         out = fn(torch.from_numpy(ids).to(DEVICE), torch.from_numpy(mask).to(DEVICE))
         return out.float().cpu().numpy()
 
     return run
 
 
-def embed(fn, seqs, plan, pad: int) -> np.ndarray:
-    from embedrank.formats import pad_left
-
+def embed(fn, seqs, plan) -> np.ndarray:
     out = None
     for batch in plan:
-        result = fn(*pad_left([seqs[i] for i in batch], pad))
+        result = fn([seqs[i] for i in batch])
         if out is None:
             out = np.zeros((len(seqs), *result.shape[1:]), dtype=np.float32)
         out[batch] = result
@@ -132,7 +139,7 @@ def _timed(call, repeats: int) -> list[float]:
     return times
 
 
-def measure(fn, work: dict, pad: int, modes=("sorted",)) -> dict:
+def measure(fn, work: dict, modes=("sorted",)) -> dict:
     """Throughput on the fixed and variable workloads, memory, and embeddings for the cosine."""
     res: dict = {}
     base = gpu_used_mib()
@@ -140,9 +147,9 @@ def measure(fn, work: dict, pad: int, modes=("sorted",)) -> dict:
     fixed = work["fixed"]
     fixed_plan = [list(range(len(fixed)))]
     for _ in range(3):
-        embed(fn, fixed, fixed_plan, pad)
+        embed(fn, fixed, fixed_plan)
     res["warmup_s"] = time.perf_counter() - start
-    t = _timed(lambda: embed(fn, fixed, fixed_plan, pad), 20)
+    t = _timed(lambda: embed(fn, fixed, fixed_plan), 20)
     tokens = FIXED[0] * FIXED[1]
     res["fixed_tokens_per_s"] = tokens / float(np.median(t))
     res["fixed_batch_ms_p50"] = float(np.median(t)) * 1e3
@@ -153,25 +160,25 @@ def measure(fn, work: dict, pad: int, modes=("sorted",)) -> dict:
         plan = batches(seqs, mode)
         padded = sum(len(b) * max(len(seqs[i]) for i in b) for b in plan)
         start = time.perf_counter()
-        embed(fn, seqs, plan, pad)  # warm-up (and recompiles)
+        embed(fn, seqs, plan)  # warm-up (and recompiles)
         res[f"variable_{mode}_warmup_s"] = time.perf_counter() - start
-        t = _timed(lambda: embed(fn, seqs, plan, pad), 2)  # noqa: B023
+        t = _timed(lambda: embed(fn, seqs, plan), 2)  # noqa: B023
         res[f"variable_{mode}_tokens_per_s"] = real / min(t)
         res[f"variable_{mode}_padding"] = 1 - real / padded
     res["peak_mem_mib"] = gpu_used_mib()
     sub = seqs[:128]
-    res["_emb"] = embed(fn, sub, batches(sub, "sorted"), pad) if modes else None
+    res["_emb"] = embed(fn, sub, batches(sub, "sorted")) if modes else None
     return res
 
 
-def rerank_latency(fn, work: dict, pad: int, budget: int) -> float:
+def rerank_latency(fn, work: dict, budget: int) -> float:
     from embedrank.formats import plan_batches
 
     seqs = work["rerank"]
     plan = plan_batches([len(s) for s in seqs], budget, 128)
     for _ in range(3):
-        embed(fn, seqs, plan, pad)
-    return float(np.median(_timed(lambda: embed(fn, seqs, plan, pad), 20))) * 1e3
+        embed(fn, seqs, plan)
+    return float(np.median(_timed(lambda: embed(fn, seqs, plan), 20))) * 1e3
 
 
 def reranker_heads(ckpt: Path, work: dict, pad: int) -> dict:
@@ -217,27 +224,31 @@ def run_variant(name: str, work_dir: Path) -> dict:
     res: dict = {"variant": name}
     if name.startswith("onnx"):
         model_dir = work_dir / name
-        fn = onnx_backend(model_dir)
-        res.update(measure(fn, work, pad))
+        res.update(measure(onnx_backend(model_dir, pad), work))
         res["fixed_tokens_per_s_no_io_binding"] = measure_fixed_only(
-            onnx_backend(model_dir, io_binding=False), work, pad)
+            onnx_backend(model_dir, pad, io_binding=False), work)
         if name == "onnx-fused-fp16":
-            rr = onnx_backend(work_dir / "onnx-fused-fp16-reranker")
+            rr = onnx_backend(work_dir / "onnx-fused-fp16-reranker", pad)
             for budget in (BUDGET, 32768):
-                res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, pad, budget)
-            from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
+                res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
+            from embedrank.export.gpu_probes import cuda_graph_probe, kernel_profile, tensorrt_probe
 
+            res["kernels"] = kernel_profile(onnx_backend(model_dir, pad), work["fixed"])
             res["cuda_graph"] = cuda_graph_probe(model_dir, work, pad)
             res["tensorrt"] = tensorrt_probe()
     elif name == "torch-eager-bf16":
-        res.update(measure(torch_backend(ckpt, False), work, pad, modes=("sorted", "arrival64")))
+        res.update(measure(torch_backend(ckpt, pad, False), work, modes=("sorted", "arrival64")))
         res["rerank"] = reranker_heads(ckpt, work, pad)
     elif name == "torch-compile-bf16":
-        res.update(measure(torch_backend(ckpt, True), work, pad, modes=()))  # fixed shapes only
+        fn = torch_backend(ckpt, pad, True)
+        res.update(measure(fn, work, modes=()))  # fixed shapes only
+        from embedrank.export.gpu_probes import kernel_profile
+
+        res["kernels"] = kernel_profile(fn, work["fixed"])
     elif name == "torch-fp32-reference":
         sub = work["variable"][:128]
-        fn = torch_backend(ckpt, False, "float32")
-        np.save(work_dir / "ref.npy", embed(fn, sub, batches(sub, "sorted"), pad))
+        fn = torch_backend(ckpt, pad, False, "float32")
+        np.save(work_dir / "ref.npy", embed(fn, sub, batches(sub, "sorted")))
         return res
     emb = res.pop("_emb")
     if emb is None or not (work_dir / "ref.npy").exists():
@@ -248,12 +259,12 @@ def run_variant(name: str, work_dir: Path) -> dict:
     return res
 
 
-def measure_fixed_only(fn, work: dict, pad: int) -> float:
+def measure_fixed_only(fn, work: dict) -> float:
     fixed = work["fixed"]
     plan = [list(range(len(fixed)))]
     for _ in range(3):
-        embed(fn, fixed, plan, pad)
-    return FIXED[0] * FIXED[1] / float(np.median(_timed(lambda: embed(fn, fixed, plan, pad), 20)))
+        embed(fn, fixed, plan)
+    return FIXED[0] * FIXED[1] / float(np.median(_timed(lambda: embed(fn, fixed, plan), 20)))
 
 
 # ---------------------------------------------------------------- driver
@@ -262,13 +273,13 @@ def prepare(work_dir: Path, tokenizer: Path, only: str | None = None) -> dict:
     import torch
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-    exports = [e for e in EXPORTS if only is None or e[0] in only.split(",")]
+    exports = [e for e in EXPORTS if only is None or e in only.split(",")]
     ckpt, cached = work_dir / "ckpt", work_dir / "exports.json"
     if cached.exists():  # a second call on the same (warm) machine: redo failed exports only
         info = json.loads(cached.read_text())
-        for name, kind, optimize in exports:
+        for name in exports:
             if "error" in info.get(name, {"error": 1}):
-                info[name] = _subprocess(["export", name, kind, optimize], work_dir)
+                info[name] = _subprocess(["export", name], work_dir)
         cached.write_text(json.dumps(info))
         return info
     torch.manual_seed(0)
@@ -281,21 +292,22 @@ def prepare(work_dir: Path, tokenizer: Path, only: str | None = None) -> dict:
     meta = {"eot": eot, "pad": eot if tok.pad_token_id is None else tok.pad_token_id}
     (work_dir / "meta.json").write_text(json.dumps(meta))
     info = {}
-    for name, kind, optimize in exports:
-        info[name] = _subprocess(["export", name, kind, optimize], work_dir)
+    for name in exports:
+        info[name] = _subprocess(["export", name], work_dir)
         print(f"export {name}: {json.dumps(info[name])[:300]}", file=sys.stderr, flush=True)
     info["reference"] = _subprocess(["variant", "torch-fp32-reference"], work_dir)
     cached.write_text(json.dumps(info))
     return info
 
 
-def run_export(name: str, kind: str, optimize: str, work_dir: Path) -> dict:
+def run_export(name: str, work_dir: Path) -> dict:
     from embedrank.export import export_model
 
+    kind, optimize, attention = EXPORTS[name]
     start = time.perf_counter()
     result = export_model(kind, str(work_dir / "ckpt"), work_dir / name,
                           dtype="fp32" if DRY_RUN else "fp16", device=DEVICE, optimize=optimize,
-                          overwrite=True)
+                          attention=attention, overwrite=True)
     size = sum(f.stat().st_size for f in (work_dir / name).iterdir())
     return {"seconds": time.perf_counter() - start, "parity": result.parity.to_dict(),
             "manifest_extra": result.manifest.extra, "opset": result.manifest.opset,

@@ -1,4 +1,4 @@
-"""Probes run by :mod:`embedrank.export.gpu_bench` for what did not apply: ORT CUDA graphs, TensorRT."""
+"""Probes run by :mod:`embedrank.export.gpu_bench`: a kernel profile, ORT CUDA graphs, TensorRT."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import numpy as np
 from embedrank.export.gpu_bench import ARCH, _timed
 
 
-def cuda_graph_probe(model_dir: Path, work: dict, pad: int) -> dict:
+def cuda_graph_probe(model_dir: Path, work: dict, pad_id: int) -> dict:
     """Fixed 64 x 256 through an ORT CUDA graph (all inputs / outputs bound on the device)."""
     import onnxruntime as ort
 
-    from embedrank.formats import pad_left
+    from embedrank.formats import pad
+    from embedrank.manifest import read_manifest
 
-    ids, mask = pad_left(work["fixed"], pad)
+    ids, mask = pad(work["fixed"], pad_id, read_manifest(model_dir).padding_side)
     try:
         sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=[
             ("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
@@ -44,3 +45,29 @@ def tensorrt_probe() -> dict:
         return {"libnvinfer": "found", "providers": ort.get_available_providers()}
     except OSError as exc:
         return {"libnvinfer": f"missing ({exc})", "providers": ort.get_available_providers()}
+
+
+def kernel_profile(fn, rows: list, calls: int = 5, top: int = 25) -> dict:
+    """GPU kernels of ``calls`` batches of ``rows`` (torch.profiler / CUPTI sees every library's
+    kernels in the process, ONNX Runtime's included): total ms per call, grouped by kernel name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(rows)
+    if not torch.cuda.is_available():
+        return {"error": "no CUDA device (dry run)"}
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn(rows)
+        torch.cuda.synchronize()
+    totals: dict[str, list] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = totals.setdefault(event.name, [0.0, 0])
+            entry[0] += event.time_range.elapsed_us() / 1e3 / calls  # ms per call
+            entry[1] += 1
+    total = sum(ms for ms, _ in totals.values())
+    rows_out = sorted(((ms, n // calls, name) for name, (ms, n) in totals.items()), reverse=True)
+    return {"gpu_ms_per_call": total, "kernels": [
+        {"name": name[:160], "ms": round(ms, 3), "share": round(ms / total, 4), "launches": n}
+        for ms, n, name in rows_out[:top]]}

@@ -124,7 +124,7 @@ def _name_output_dims(path: Path, kind: str, dim: int) -> None:
 
 
 def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str,
-              extra: dict | None = None) -> Manifest:
+              extra: dict | None = None, padding_side: str = "left") -> Manifest:
     tok = module.tokenizer
     dim = module.model.config.hidden_size
     return Manifest(
@@ -134,7 +134,7 @@ def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str,
         matryoshka_dims=(min(MIN_MATRYOSHKA_DIM, dim), dim) if kind == "embedder" else None,
         yes_token_id=tok.token_to_id(module.prompts.yes_token) if kind == "reranker" else None,
         no_token_id=tok.token_to_id(module.prompts.no_token) if kind == "reranker" else None,
-        output=OUTPUT_NAMES[kind], source=str(src), extra=extra or {},
+        output=OUTPUT_NAMES[kind], source=str(src), extra=extra or {}, padding_side=padding_side,
     ).sealed(out)
 
 
@@ -148,12 +148,14 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
                  opset: int | None = None, max_length: int | None = None, verify: bool = True,
                  overwrite: bool = False, device: str = "cpu", trust_remote_code: bool = False,
-                 optimize: str | None = None) -> ExportResult:
+                 optimize: str | None = None, attention: str | None = None) -> ExportResult:
     """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``.
 
     ``optimize``: "fused" (dynamo export + ONNX Runtime contrib-op fusions, see
     :mod:`embedrank.export.fused`) or "none" (TorchScript export, unfused); default "fused"
     on CUDA, "none" on CPU. A failed fusion raises; it never falls back to "none" by itself.
+    ``attention`` (fused only): "gqa" (right-padded GroupQueryAttention; the default) or "mha"
+    (left-padded MultiHeadAttention; the default for fp32 on CUDA, where GQA has no kernel).
     """
     if kind not in OUTPUT_NAMES:
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
@@ -162,6 +164,10 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
     optimize = optimize or ("fused" if device.startswith("cuda") else "none")
     if optimize not in OPTIMIZE:
         raise InputError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
+    if attention is not None and optimize != "fused":
+        raise InputError("attention applies to the fused export only (optimize='fused')")
+    if attention is None and optimize == "fused":
+        attention = "mha" if device.startswith("cuda") and dtype == "fp32" else "gqa"
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
     _prepare_out(out, overwrite)
@@ -179,7 +185,9 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
                 graph, kind, graph_dir / GRAPH_NAME, output=OUTPUT_NAMES[kind],
                 dim=module.model.config.hidden_size, module=module, device=torch_device,
                 opset=opset, external_threshold=EXTERNAL_DATA_THRESHOLD,
-                external_name=EXTERNAL_DATA_NAME, max_positions=module.max_length)
+                external_name=EXTERNAL_DATA_NAME, max_positions=module.max_length,
+                attention=attention)
+            extra["attention"] = attention
         else:
             extra["exporter"] = "torch.onnx TorchScript"
             _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device, module)
@@ -191,7 +199,8 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
             file.rename(tmp / file.name)
         graph_dir.rmdir()
         module.hf_tokenizer.save_pretrained(tmp)
-        manifest = _manifest(kind, module, dtype, opset, tmp, src, extra)
+        manifest = _manifest(kind, module, dtype, opset, tmp, src, extra,
+                             padding_side="right" if attention == "gqa" else "left")
         manifest.write(tmp)
         report = None
         if verify:

@@ -46,6 +46,10 @@ def _export_options(fn):
         click.option("--optimize", type=click.Choice(["fused", "none"]), default=None,
                      help="fused: dynamo export + ONNX Runtime fused attention / RMSNorm ops; "
                           "none: plain TorchScript export [default: fused on cuda, none on cpu]."),
+        click.option("--attention", type=click.Choice(["gqa", "mha"]), default=None,
+                     help="Fused attention: gqa = GroupQueryAttention on right-padded batches, "
+                          "mha = MultiHeadAttention on left-padded ones [default: gqa; mha for "
+                          "fp32 on cuda]."),
         click.option("--device", default="cpu", show_default=True,
                      help="Where to trace and verify: cpu or cuda."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
@@ -58,14 +62,15 @@ def _export_options(fn):
     return fn
 
 
-def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, device, no_verify,
-                overwrite, trust_remote_code) -> None:
+def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, attention, device,
+                no_verify, overwrite, trust_remote_code) -> None:
     from embedrank.export import export_model
 
     click.echo(f"exporting {kind} {src} -> {out} ({dtype}) ...", err=True)
     result = export_model(kind, src, out, dtype=dtype, opset=opset, max_length=max_length,
                           verify=not no_verify, overwrite=overwrite, device=device,
-                          trust_remote_code=trust_remote_code, optimize=optimize)
+                          trust_remote_code=trust_remote_code, optimize=optimize,
+                          attention=attention)
     if result.parity is not None:
         click.echo(result.parity.table())
     click.echo(f"wrote {result.out} (fingerprint {result.manifest.fingerprint[:16]})")

@@ -17,7 +17,7 @@ from embedrank.formats import (
     encode_rerank_inputs,
     load_tokenizer,
     matryoshka,
-    pad_left,
+    pad,
     plan_batches,
 )
 from embedrank.manifest import GRAPH_NAME, TOKENIZER_NAME, Manifest, fingerprint, read_manifest
@@ -103,7 +103,8 @@ class _OnnxModel:
         """Run the graph over token-budget batches (longest first); rows back in input order."""
         out = np.zeros((len(seqs), width) if width else (len(seqs),), dtype=np.float32)
         for batch in plan_batches([len(s) for s in seqs], self.token_budget, self.max_batch_size):
-            ids, mask = pad_left([seqs[i] for i in batch], self.manifest.pad_token_id)
+            ids, mask = pad([seqs[i] for i in batch], self.manifest.pad_token_id,
+                             self.manifest.padding_side)
             out[batch] = self._infer(ids, mask).astype(np.float32)
             if progress is not None:
                 progress(len(batch))

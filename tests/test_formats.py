@@ -14,6 +14,7 @@ from embedrank.formats import (
     l2_normalize,
     last_token_pool,
     matryoshka,
+    pad,
     pad_left,
     plain_tokenizer,
     plan_batches,
@@ -111,6 +112,15 @@ def test_pad_left():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert ids.dtype == np.int64 and mask.dtype == np.int64
+
+
+def test_pad_right_and_bad_side():
+    ids, mask = pad([[5, 6, 7], [8]], pad_id=0, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    hidden = np.arange(2 * 3 * 2).reshape(2, 3, 2)
+    assert last_token_pool(hidden, mask).tolist() == [[4, 5], [6, 7]]  # row 1's token 0
+    with pytest.raises(InputError, match="padding side"):
+        pad([[1]], 0, side="middle")
 
 
 def test_last_token_pool_left_and_right_padding():

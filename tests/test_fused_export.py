@@ -19,6 +19,12 @@ def fused_embedder(tiny_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def mha_embedder(tiny_ckpt, tmp_path_factory):
+    return export_model("embedder", str(tiny_ckpt), tmp_path_factory.mktemp("fused") / "mha",
+                        optimize="fused", attention="mha")
+
+
+@pytest.fixture(scope="module")
 def fused_reranker(tiny_ckpt, tmp_path_factory):
     """Exported with every weight in external data (the > 2 GB path, at tiny size)."""
     with pytest.MonkeyPatch.context() as mp:
@@ -32,28 +38,35 @@ def _op_types(model_dir) -> Counter:
     return Counter((n.domain, n.op_type) for n in model.graph.node)
 
 
-@pytest.mark.parametrize("name", ["fused_embedder", "fused_reranker"])
+@pytest.mark.parametrize("name", ["fused_embedder", "fused_reranker", "mha_embedder"])
 def test_fused_graph_holds_contrib_ops_and_keeps_the_contract(name, request):
     result = request.getfixturevalue(name)
     ops = _op_types(result.out)
     layers = 2  # tiny_ckpt
-    assert ops["com.microsoft", "MultiHeadAttention"] == layers
-    assert ops["com.microsoft", "RotaryEmbedding"] == 2 * layers  # q and k
-    assert ops["com.microsoft", "GroupQueryAttention"] == 0  # assumes right padding: never
+    manifest = read_manifest(result.out)
+    if name == "mha_embedder":  # left-padded: K/V expanded, rotary fused on its own
+        assert ops["com.microsoft", "MultiHeadAttention"] == layers
+        assert ops["com.microsoft", "RotaryEmbedding"] == 2 * layers  # q and k
+        assert ops["com.microsoft", "GroupQueryAttention"] == 0
+        assert manifest.padding_side == "left" and manifest.extra["attention"] == "mha"
+    else:  # right-padded GQA: rotary inside, no K/V expand, no layout transposes
+        assert ops["com.microsoft", "GroupQueryAttention"] == layers
+        assert not any(op in ("MultiHeadAttention", "RotaryEmbedding", "Transpose") for _, op in ops)
+        assert manifest.padding_side == "right" and manifest.extra["attention"] == "gqa"
+        assert manifest.extra["fused_ops"]["GroupQueryAttention"] == layers
     assert ops["com.microsoft", "SkipSimplifiedLayerNormalization"] >= layers
     assert ops["", "SimplifiedLayerNormalization"] >= 1  # ORT registers it in the onnx domain
     assert not any(op in ("Softmax", "Pow", "ReduceMean", "Neg", "Cos") for _, op in ops)  # all fused
     graph = onnx.load(str(result.out / "model.onnx"), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in graph.output] == [result.manifest.output]
-    manifest = read_manifest(result.out)
     assert manifest.extra["optimize"] == "fused"
-    assert manifest.extra["fused_ops"]["MultiHeadAttention"] == layers
     assert manifest.opset >= 18
 
 
-def test_fused_embedder_passes_parity(fused_embedder):
-    report = fused_embedder.parity
+@pytest.mark.parametrize("name", ["fused_embedder", "mha_embedder"])
+def test_fused_embedder_passes_parity(name, request):
+    report = request.getfixturevalue(name).parity
     assert report.passed and report.min_cosine >= 0.9999 and report.max_abs_diff < 1e-5
 
 
@@ -69,13 +82,15 @@ def test_large_fused_graph_keeps_weights_in_one_external_file(fused_reranker, fu
     assert not (fused_embedder.out / "model.onnx.data").exists()  # small: one file
 
 
-def test_fused_runtime_matches_torch_on_mixed_batches(fused_embedder, fused_reranker,
+@pytest.mark.parametrize("name", ["fused_embedder", "mha_embedder"])
+def test_fused_runtime_matches_torch_on_mixed_batches(name, request, fused_reranker,
                                                       torch_embedder, torch_reranker):
     texts = ["hi", "Ünïcödé façade — 北京是中国的首都 " * 6, "a medium sized sentence", "x " * 90]
-    fused = Embedder.load(fused_embedder.out, token_budget=64)  # several left-padded batches
+    out = request.getfixturevalue(name).out
+    fused = Embedder.load(out, token_budget=64)  # several padded batches
     ref = torch_embedder.embed_documents(texts).numpy()
     np.testing.assert_allclose(fused.embed_documents(texts), ref, atol=2e-6)
-    bound = Embedder.load(fused_embedder.out, token_budget=64, io_binding=True)  # the CUDA path
+    bound = Embedder.load(out, token_budget=64, io_binding=True)  # the CUDA path
     np.testing.assert_array_equal(bound.embed_documents(texts), fused.embed_documents(texts))
     alone = np.stack([fused.embed_documents([t])[0] for t in texts])
     np.testing.assert_allclose(fused.embed_documents(texts), alone, atol=2e-6)
@@ -92,3 +107,19 @@ def test_optimize_is_checked(tiny_ckpt, tmp_path):
 def test_default_cpu_export_stays_torchscript(embedder_dir):
     manifest = read_manifest(embedder_dir)
     assert manifest.extra["optimize"] == "none" and manifest.opset == 17
+
+
+def test_manifest_padding_side_is_checked(fused_embedder, tmp_path):
+    import json
+    import shutil
+
+    from embedrank.errors import ManifestError
+    from embedrank.manifest import MANIFEST_NAME
+
+    copy = tmp_path / "m"
+    shutil.copytree(fused_embedder.out, copy)
+    data = json.loads((copy / MANIFEST_NAME).read_text())
+    data["padding_side"] = "middle"
+    (copy / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="padding_side must be"):
+        read_manifest(copy)
