@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -21,8 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embedrank.errors import InputError
 from embedrank.export.onnx import export_model
-from embedrank.export.quantize import DEFAULT_RECIPE, RECIPES, quantize
+from embedrank.export.quantize import (
+    DEFAULT_RECIPE,
+    RECIPES,
+    QuantRecipe,
+    calibration_ids,
+    get_recipe,
+    quantize,
+)
 from embedrank.formats import EOT_TOKEN, plan_batches
 from embedrank.manifest import GRAPH_NAME, read_manifest
 
@@ -44,53 +55,98 @@ def gguf_to_checkpoint(gguf: Path, out: Path) -> Path:
     return out
 
 
-def load_texts(data: Path | None, work: Path):
-    """(doc ids, doc texts, query ids, query texts, qrels) of a BEIR folder, all splits."""
+def beir_folder(data: Path | None, work: Path) -> Path:
+    """``data``, or the ChatterBot corpus converted into ``work`` [default]."""
     from embedrank.plugin.datasets import chatterbot_to_beir
-    from embedrank.plugin.metrics import load_beir
 
     if data is None:
         data = work / "chatterbot"
         if not (data / "corpus.jsonl").exists():
             chatterbot_to_beir(data)
+    return data
+
+
+def _doc_text(doc: dict) -> str:
+    return " ".join(filter(None, (doc["title"], doc["text"])))
+
+
+def load_texts(data: Path, splits: tuple[str, ...] = ("train", "test")):
+    """(doc ids, doc texts, query ids, query texts, qrels) of a BEIR folder: the queries of
+    ``splits``, the whole corpus."""
+    from embedrank.plugin.metrics import load_beir
+
     qrels: dict[str, dict[str, int]] = {}
-    for split in ("train", "test"):
-        if (data / "qrels" / f"{split}.tsv").exists():
-            corpus, queries, split_qrels = load_beir(data, split)
-            qrels.update(split_qrels)
+    texts: dict[str, str] = {}
+    for split in splits:
+        if not (data / "qrels" / f"{split}.tsv").exists():
+            raise InputError(f"{data}: no qrels/{split}.tsv")
+        corpus, queries, split_qrels = load_beir(data, split)
+        qrels.update(split_qrels)
+        texts.update(queries)  # load_beir keeps only its split's queries
     doc_ids, query_ids = sorted(corpus), sorted(qrels)
-    docs = [" ".join(filter(None, (corpus[d]["title"], corpus[d]["text"]))) for d in doc_ids]
-    texts = dict(queries)
-    for split in ("train", "test"):  # load_beir keeps only its split's queries
-        if (data / "qrels" / f"{split}.tsv").exists():
-            texts.update(load_beir(data, split)[1])
+    docs = [_doc_text(corpus[d]) for d in doc_ids]
     return doc_ids, docs, query_ids, [texts[q] for q in query_ids], qrels
+
+
+def calibration_texts(source: str, data: Path, count: int, seed: int = 0):
+    """(documents, queries) to calibrate on: ``train`` = ``count`` random queries of the BEIR
+    folder's train split and one positive document of each (so never a test query), or a
+    JSONL file (``{"text"}`` / ``{"query"}`` lines, export/smooth.py)."""
+    from embedrank.export.smooth import read_calibration_texts
+    from embedrank.plugin.metrics import load_beir
+
+    if source != "train":
+        return read_calibration_texts(source)
+    corpus, queries, qrels = load_beir(data, "train")
+    picked = np.random.default_rng(seed).permutation(sorted(qrels))[:count]
+    docs = [_doc_text(corpus[next(d for d, r in sorted(qrels[q].items()) if r > 0)]) for q in picked]
+    return docs, [queries[q] for q in picked]
+
+
+def parse_recipe(spec: str) -> QuantRecipe:
+    """A recipe name, or ``NAME+key=value...`` for a variant of one: ``alpha=0.65``
+    (smoothing, ``none`` for off), ``keep=RE,RE`` (node-name regexes kept fp32, ``{last}`` =
+    the last layer), ``pc=0|1`` (per-channel weights, dynamic)."""
+    base, *changes = spec.split("+")
+    recipe = dataclasses.replace(get_recipe(base), name=spec)
+    for change in changes:
+        key, _, value = change.partition("=")
+        if key == "alpha":
+            recipe = dataclasses.replace(recipe, smooth=None if value == "none" else float(value))
+        elif key == "keep":
+            recipe = dataclasses.replace(recipe, keep_fp32=tuple(filter(None, value.split(","))))
+        elif key == "pc":
+            recipe = dataclasses.replace(recipe, per_channel=value == "1")
+        else:
+            raise InputError(f"recipe variant {spec!r}: unknown key {key!r} (alpha, keep, pc)")
+    return recipe
 
 
 def set_pooled_token(model_dir: Path, token: str) -> None:
     """Pool (and append) ``token`` instead of the manifest's EOT: the graph pools the last
-    position whatever its id, so only the manifest changes (its fingerprint covers graph and
-    tokenizer, not the manifest). For checkpoints whose ``<|endoftext|>`` state carries no text
-    (SmolLM2: an attention-sink token); the export default stays Qwen3's ``<|endoftext|>``."""
+    position whatever its id, so only the manifest changes (and is sealed again: its
+    fingerprint covers the prompts). For checkpoints whose ``<|endoftext|>`` state carries no
+    text (SmolLM2: an attention-sink token); the export default stays Qwen3's ``<|endoftext|>``."""
     from embedrank.formats import load_tokenizer, token_id
 
     manifest = read_manifest(model_dir)
     tid = token_id(load_tokenizer(model_dir / "tokenizer.json"), token)
     manifest = dataclasses.replace(manifest, eot_token_id=tid,
                                    prompts=dataclasses.replace(manifest.prompts, eot_token=token))
-    manifest.write(model_dir)
+    manifest.sealed(model_dir).write(model_dir)
 
 
-def make_variant(fp32_dir: Path, out: Path, recipe: str) -> float:
+def make_variant(fp32_dir: Path, out: Path, recipe: QuantRecipe, calibration=None) -> float:
     """Copy the fp32 model directory with its graph quantized by ``recipe``; seconds taken."""
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(fp32_dir, out, ignore=shutil.ignore_patterns(GRAPH_NAME + "*"))
     start = time.perf_counter()
-    quantize(fp32_dir / GRAPH_NAME, out / GRAPH_NAME, recipe)
+    quantize(fp32_dir / GRAPH_NAME, out / GRAPH_NAME, recipe,
+             calibration=calibration if recipe.smooth is not None else None)
     seconds = time.perf_counter() - start
     manifest = dataclasses.replace(read_manifest(out), dtype="int8",
-                                   extra={"int8_recipe": recipe}).sealed(out)
+                                   extra={"int8_recipe": recipe.name}).sealed(out)
     manifest.write(out)
     return seconds
 
@@ -136,13 +192,21 @@ def onnx_row(name: str, model_dir: Path, budget: int, threads: int) -> Row:
     return Row(name, lambda q, d: (runtime.embed_queries(q), runtime.embed_documents(d)), size)
 
 
-def measure(rows: list[Row], queries, docs, timing: int, rounds: int) -> None:
+def measure(rows: list[Row], queries, docs, timing: int, rounds: int, cache: Path | None = None) -> None:
     """Embed everything once per variant (quality), then time ``timing`` queries + ``timing``
     documents in ``rounds`` round-robin rounds, keeping each variant's best: the variants
-    see the same machine load, and a burst of load elsewhere is dropped, not averaged in."""
+    see the same machine load, and a burst of load elsewhere is dropped, not averaged in.
+    ``cache``: an .npz holding (or receiving) the first row's embeddings (the reference)."""
     for row in rows:
         start = time.perf_counter()
+        if row is rows[0] and cache is not None and cache.exists():
+            saved = np.load(cache)
+            row.queries, row.docs = saved["queries"], saved["docs"]
+            print(f"reference embeddings of {row.name} from {cache}", flush=True)
+            continue
         row.queries, row.docs = row.embed(queries, docs)
+        if row is rows[0] and cache is not None:
+            np.savez(cache, queries=row.queries, docs=row.docs)
         print(f"embedded all texts with {row.name} in {time.perf_counter() - start:.0f} s",
               flush=True)
     sub_q, sub_d = queries[:timing], docs[:timing]
@@ -162,7 +226,8 @@ def compare(rows: list[Row], tokens: int, doc_ids, query_ids, qrels) -> str:
 
     ref = rows[0]
     ref_top = _top10(ref.queries, ref.docs)
-    lines = [f"{'variant':<22} {'MB':>6} {'tok/s':>8} {'x torch':>8} {'mean cos':>9} "
+    width = max(22, *(len(r.name) for r in rows))
+    lines = [f"{'variant':<{width}} {'MB':>6} {'tok/s':>8} {'x torch':>8} {'mean cos':>9} "
              f"{'min cos':>8} {'top10 agr':>9} {'nDCG@10':>8}"]
     for row in rows:
         emb = np.concatenate([row.queries, row.docs])
@@ -173,10 +238,15 @@ def compare(rows: list[Row], tokens: int, doc_ids, query_ids, qrels) -> str:
         run = {q: {doc_ids[j]: float(scores[i, j]) for j in np.argsort(-scores[i])[:100]}
                for i, q in enumerate(query_ids)}
         rate = tokens / row.seconds
-        lines.append(f"{row.name:<22} {row.size_mb:>6.0f} {rate:>8.0f} "
+        lines.append(f"{row.name:<{width}} {row.size_mb:>6.0f} {rate:>8.0f} "
                      f"{ref.seconds / row.seconds:>8.2f} {cos.mean():>9.4f} {cos.min():>8.4f} "
                      f"{agree:>9.3f} {ndcg_at_k(run, qrels, 10):>8.4f}")
     return "\n".join(lines)
+
+
+def _stamp(src: Path) -> list:
+    """Sizes and mtimes of a checkpoint directory's files (part of the reference cache key)."""
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in src.iterdir() if p.is_file())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,7 +257,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="BEIR folder [default: the ChatterBot corpus]")
     parser.add_argument("--work", type=Path, default=Path("quant-bench"))
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=sorted(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
+                        help="recipe names, or variants NAME+alpha=A+keep=RE,RE+pc=0|1")
+    parser.add_argument("--eval-split", default="all", choices=["all", "test"],
+                        help="queries ranked: all splits, or the test split only (held out "
+                             "from training and calibration)")
+    parser.add_argument("--calibration", default="train",
+                        help="smoothing calibration texts: 'train' (train-split queries and "
+                             "their positives) or a JSONL file of {text} / {query} lines")
+    parser.add_argument("--calibration-texts", type=int, default=64,
+                        help="with --calibration train: queries (and as many documents)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--token-budget", type=int, default=TOKEN_BUDGET)
     parser.add_argument("--timing-texts", type=int, default=128,
@@ -203,7 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.work.mkdir(parents=True, exist_ok=True)
     src = args.model or gguf_to_checkpoint(args.gguf, args.work / "checkpoint")
-    doc_ids, docs, query_ids, queries, qrels = load_texts(args.data, args.work)
+    recipes = [parse_recipe(spec) for spec in args.recipes]
+    data = beir_folder(args.data, args.work)
+    splits = ("test",) if args.eval_split == "test" else ("train", "test")
+    doc_ids, docs, query_ids, queries, qrels = load_texts(data, splits)
     if args.limit:  # a corpus subset: retrieval among the first LIMIT documents
         doc_ids, docs = doc_ids[:args.limit], docs[:args.limit]
         query_ids, queries = query_ids[:args.limit // 2], queries[:args.limit // 2]
@@ -213,13 +295,22 @@ def main(argv: list[str] | None = None) -> None:
     set_pooled_token(fp32_dir, args.pooled_token or EOT_TOKEN)
     rows = [torch_row(src, args.token_budget, args.pooled_token),
             onnx_row("onnx fp32", fp32_dir, args.token_budget, args.threads)]
-    for recipe in args.recipes:
-        seconds = make_variant(fp32_dir, args.work / recipe, recipe)
-        print(f"quantized {recipe} in {seconds:.0f} s", flush=True)
-        star = "*" if recipe == DEFAULT_RECIPE else ""
-        rows.append(onnx_row(f"onnx {recipe}{star}", args.work / recipe, args.token_budget,
-                             args.threads))
-    measure(rows, queries, docs, args.timing_texts, args.rounds)
+    calibration = None
+    if any(r.smooth is not None for r in recipes):
+        cal_docs, cal_queries = calibration_texts(args.calibration, data, args.calibration_texts)
+        calibration = calibration_ids(fp32_dir, cal_docs, cal_queries)
+        print(f"calibration: {len(cal_docs)} documents + {len(cal_queries)} queries "
+              f"({sum(map(len, calibration))} tokens) from {args.calibration}", flush=True)
+    for number, recipe in enumerate(recipes):
+        out = args.work / f"v{number}-{re.sub(r'[^A-Za-z0-9_.=+-]', '_', recipe.name)[:60]}"
+        seconds = make_variant(fp32_dir, out, recipe, calibration)
+        print(f"quantized {recipe.name} in {seconds:.0f} s", flush=True)
+        star = "*" if recipe.name == DEFAULT_RECIPE else ""
+        rows.append(onnx_row(f"{recipe.name}{star}", out, args.token_budget, args.threads))
+    key = hashlib.sha256(json.dumps([str(Path(src).resolve()), _stamp(Path(src)),
+                                     args.pooled_token, queries, docs]).encode()).hexdigest()[:16]
+    measure(rows, queries, docs, args.timing_texts, args.rounds,
+            args.work / f"reference-{key}.npz")
     tokens = rows[0].embed.count(queries[:args.timing_texts], docs[:args.timing_texts])
     print(f"quality: {len(queries)} queries (default instruction) x {len(docs)} documents; "
           f"speed: best of {args.rounds} rounds over {args.timing_texts} queries + "

@@ -134,7 +134,9 @@ def _save(model, dst: Path, external: bool) -> None:
 
 
 def _activation_quant(x: str, prefix: str, opset: int, nodes: list, consts: dict) -> tuple[str, str]:
-    """Nodes quantizing ``x`` per token (last axis): (uint8 codes, float scale per token)."""
+    """Nodes quantizing ``x`` per token (last axis): (uint8 codes, float scale per token).
+    ``QuantizeLinear`` per axis 0 of the [tokens, channels] view does divide, round, shift
+    and saturate in one pass."""
     from onnx import TensorProto, helper
 
     def out(tag: str) -> str:
@@ -150,39 +152,53 @@ def _activation_quant(x: str, prefix: str, opset: int, nodes: list, consts: dict
     nodes += [
         helper.make_node("Mul", [out("amax"), consts["inv127"]], [out("scale0")], name=out("Mul")),
         helper.make_node("Max", [out("scale0"), consts["eps"]], [out("scale")], name=out("Max")),
-        helper.make_node("Div", [x, out("scale")], [out("div")], name=out("Div")),
-        helper.make_node("Round", [out("div")], [out("round")], name=out("Round")),
-        helper.make_node("Add", [out("round"), consts["zp_float"]], [out("shift")], name=out("Add")),
-        helper.make_node("Cast", [out("shift")], [out("codes")], name=out("Cast"),
+        helper.make_node("Reshape", [out("scale"), consts["flat"]], [out("scale1d")],
+                         name=out("ReshapeScale")),
+        helper.make_node("Mul", [out("scale1d"), consts["zero"]], [out("zeros")], name=out("Zeros")),
+        helper.make_node("Add", [out("zeros"), consts["zp_float"]], [out("zp_float")],
+                         name=out("AddZp")),
+        helper.make_node("Cast", [out("zp_float")], [out("zp")], name=out("CastZp"),
                          to=TensorProto.UINT8),
+        helper.make_node("Shape", [x], [out("shape")], name=out("Shape")),
+        helper.make_node("Gather", [out("shape"), consts["last"]], [out("width")], name=out("Width")),
+        helper.make_node("Concat", [consts["minus1"], out("width")], [out("shape2d")],
+                         name=out("Shape2d"), axis=0),
+        helper.make_node("Reshape", [x, out("shape2d")], [out("x2d")], name=out("Reshape2d")),
+        helper.make_node("QuantizeLinear", [out("x2d"), out("scale1d"), out("zp")], [out("codes2d")],
+                         name=out("QuantizeLinear"), axis=0),
+        helper.make_node("Reshape", [out("codes2d"), out("shape")], [out("codes")],
+                         name=out("ReshapeBack")),
     ]
     return out("codes"), out("scale")
 
 
 def quantize_per_token(model, names: list[str], reduce_range: bool = False) -> None:
-    """Replace the MatMuls ``names`` (constant weight) by int8 ones, in standard ONNX ops.
+    """Replace the MatMuls ``names`` (constant weight) by int8 ones.
 
     Weights: symmetric int8 per output channel. Activations: uint8 with one scale per token,
     computed at run time (``s = max|x| / 127``, codes ``round(x / s) + 128``), so a token with
     massive activations (an attention sink) only coarsens itself, not the whole batch as the
-    per-tensor scale of ``quantize_dynamic`` does. ``MatMulInteger`` (u8 x s8, the VNNI path)
-    then ``* s * w_scale``. Linears reading the same activation share its quantization.
-    ``reduce_range``: 7-bit weights, for CPUs without VNNI whose u8 x s8 kernels saturate.
+    per-tensor scale of ``quantize_dynamic`` does. ``MatMulIntegerToFloat`` (u8 x s8, the VNNI
+    path, times the weight scales) then ``* s``. Linears reading the same activation share its
+    quantization. ``reduce_range``: 7-bit weights, for CPUs without VNNI whose u8 x s8 kernels
+    saturate.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        raise InputError(f"per-token int8 needs opset >= 13 (QuantizeLinear per axis), got {opset}")
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     levels = 63 if reduce_range else 127
-    consts = {"inv127": "pertoken/inv127", "eps": "pertoken/eps", "zp_float": "pertoken/zp_float",
-              "zp": "pertoken/zp", "axes": "pertoken/axes"}
-    model.graph.initializer.extend([
-        numpy_helper.from_array(np.array(1 / 127, np.float32), consts["inv127"]),
-        numpy_helper.from_array(np.array(1e-12, np.float32), consts["eps"]),
-        numpy_helper.from_array(np.array(128, np.float32), consts["zp_float"]),
-        numpy_helper.from_array(np.array(128, np.uint8), consts["zp"]),
-        numpy_helper.from_array(np.array([-1], np.int64), consts["axes"]),
-    ])
+    values = {"inv127": np.array(1 / 127, np.float32), "eps": np.array(1e-12, np.float32),
+              "zero": np.array(0, np.float32), "zp_float": np.array(128, np.float32),
+              "zp": np.array(128, np.uint8), "one": np.array(1, np.float32),
+              "axes": np.array([-1], np.int64), "flat": np.array([-1], np.int64),
+              "last": np.array([-1], np.int64), "minus1": np.array([-1], np.int64)}
+    consts = {key: f"pertoken/{key}" for key in values}
+    model.graph.initializer.extend(numpy_helper.from_array(v, consts[k]) for k, v in values.items())
     wanted, quantized, nodes = set(names), {}, []
     for node in model.graph.node:
         if node.name not in wanted:
@@ -200,13 +216,10 @@ def quantize_per_token(model, names: list[str], reduce_range: bool = False) -> N
                                         numpy_helper.from_array(w_scale.astype(np.float32),
                                                                 f"{p}/w_scale")])
         nodes += [
-            helper.make_node("MatMulInteger", [codes, f"{p}/w_int8", consts["zp"]], [f"{p}/acc"],
-                             name=f"{p}/MatMulInteger"),
-            helper.make_node("Cast", [f"{p}/acc"], [f"{p}/acc_float"], name=f"{p}/Cast",
-                             to=TensorProto.FLOAT),
-            helper.make_node("Mul", [f"{p}/acc_float", scale], [f"{p}/scaled"], name=f"{p}/MulX"),
-            helper.make_node("Mul", [f"{p}/scaled", f"{p}/w_scale"], [node.output[0]],
-                             name=f"{p}/MulW"),
+            helper.make_node("MatMulIntegerToFloat",
+                             [codes, f"{p}/w_int8", consts["one"], f"{p}/w_scale", consts["zp"]],
+                             [f"{p}/acc"], name=f"{p}/MatMulIntegerToFloat", domain="com.microsoft"),
+            helper.make_node("Mul", [f"{p}/acc", scale], [node.output[0]], name=f"{p}/MulX"),
         ]
     del model.graph.node[:]
     model.graph.node.extend(nodes)

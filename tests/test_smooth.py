@@ -113,7 +113,7 @@ def test_per_token_graph(embedder_dir, feed, tmp_path):
     result = quantize(embedder_dir / "model.onnx", tmp_path / "q.onnx", "pertoken")
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    assert result.quantized == 14 and ops.count("MatMulInteger") == 14
+    assert result.quantized == 14 and ops.count("MatMulIntegerToFloat") == 14
     assert ops.count("ReduceMax") == 2 * 4  # q/k/v and gate/up share their input's quantization
     weight_matmuls = [n for n in graph.node if n.op_type == "MatMul"
                       and n.input[1] in {i.name for i in graph.initializer}]
