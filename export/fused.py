@@ -12,9 +12,11 @@ Qwen3's RMSNorm and rotary embedding do in PyTorch are in the graph as PyTorch r
 Attention, two forms (``attention=``):
 
 * ``"gqa"`` (default): one ``GroupQueryAttention`` per layer, written by the exporter itself
-  (:mod:`embedrank.export.gqa`): rotary inside the op, K/V at their own head count, no
+  (:mod:`embedrank.export.gqa`): K/V at their own head count, no
   layout transposes, causal flash attention. The graph is **right-padded** (manifest
-  ``padding_side``). Its CUDA kernels are fp16 / bf16 only.
+  ``padding_side``). Its CUDA kernels are fp16 / bf16 only. The rotary embedding runs as
+  ``RotaryEmbedding`` ops before it (:func:`~embedrank.export.gqa.rotary_outside`), or inside
+  it with ``"gqa-inner-rotary"``.
 * ``"mha"``: K/V expanded to the query heads and ``MultiHeadAttention`` with the padding +
   causal mask as an additive bias, on left-padded batches (any dtype). onnxscript's own GQA
   rule is left out on purpose: it turns the mask into per-row lengths, i.e. assumes right
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from embedrank.errors import FusionError, InputError, MissingDependencyError, require
-from embedrank.export.gqa import ONNX_TRANSLATION, RightPaddedGraph, gqa_attention
+from embedrank.export.gqa import ONNX_TRANSLATION, RightPaddedGraph, gqa_attention, rotary_outside
 
 FUSED_OPSET = 20
 # fused op type -> the onnxscript fusion counts that produce it
@@ -77,7 +79,7 @@ def _exportable_attention(model: nn.Module):
         model.set_attn_implementation(previous)
 
 
-ATTENTIONS = ("gqa", "mha")
+ATTENTIONS = ("gqa", "gqa-inner-rotary", "mha")
 
 
 def _example_inputs(module, device: str, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,10 +254,10 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
                                      "onnx-ir), or export with --optimize none") from None
     if attention not in ATTENTIONS:
         raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    ids, mask = _example_inputs(module, device, "right" if attention == "gqa" else "left")
+    ids, mask = _example_inputs(module, device, "left" if attention == "mha" else "right")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     translation = None
-    if attention == "gqa":
+    if attention.startswith("gqa"):
         dtype = next(module.model.parameters()).dtype
         context = gqa_attention(module.model, max_positions, dtype, device)
         translation = ONNX_TRANSLATION
@@ -263,7 +265,7 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
         context = _exportable_attention(module.model)
     with warnings.catch_warnings(), torch.no_grad(), context as state:
         warnings.simplefilter("ignore")
-        if attention == "gqa":
+        if attention.startswith("gqa"):
             graph = RightPaddedGraph(graph, state)
         program = torch.onnx.export(
             graph, (ids, mask), input_names=["input_ids", "attention_mask"],
@@ -274,6 +276,8 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
         _optimize_for_ort(model)
         if attention == "mha":
             _fuse_rotary(model, max_positions)
+        elif attention == "gqa":
+            rotary_outside(model)
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]
     if counts["GroupQueryAttention"]:  # the other fused attention

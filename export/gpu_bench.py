@@ -49,8 +49,10 @@ if DRY_RUN:
 EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None),
            "onnx-fused-fp16": ("embedder", "fused", "gqa"),
            "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa"),
-           "onnx-fused-mha-fp16": ("embedder", "fused", "mha")}
-VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
+           "onnx-fused-mha-fp16": ("embedder", "fused", "mha"),
+           "onnx-fused-gqa-inner-rotary-fp16": ("embedder", "fused", "gqa-inner-rotary")}
+VARIANTS = ("onnx-fused-fp16", "onnx-fused-gqa-inner-rotary-fp16", "onnx-fused-mha-fp16",
+            "torch-eager-bf16", "torch-compile-bf16")
 
 
 def linear_flops_per_token(a: dict = ARCH) -> float:
@@ -227,13 +229,16 @@ def run_variant(name: str, work_dir: Path) -> dict:
         res.update(measure(onnx_backend(model_dir, pad), work))
         res["fixed_tokens_per_s_no_io_binding"] = measure_fixed_only(
             onnx_backend(model_dir, pad, io_binding=False), work)
+        if name.startswith("onnx-fused-gqa"):
+            from embedrank.export.gpu_probes import kernel_profile
+
+            res["kernels"] = kernel_profile(onnx_backend(model_dir, pad), work["fixed"])
         if name == "onnx-fused-fp16":
             rr = onnx_backend(work_dir / "onnx-fused-fp16-reranker", pad)
             for budget in (BUDGET, 32768):
                 res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
-            from embedrank.export.gpu_probes import cuda_graph_probe, kernel_profile, tensorrt_probe
+            from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
 
-            res["kernels"] = kernel_profile(onnx_backend(model_dir, pad), work["fixed"])
             res["cuda_graph"] = cuda_graph_probe(model_dir, work, pad)
             res["tensorrt"] = tensorrt_probe()
     elif name == "torch-eager-bf16":

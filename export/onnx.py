@@ -200,7 +200,7 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
         graph_dir.rmdir()
         module.hf_tokenizer.save_pretrained(tmp)
         manifest = _manifest(kind, module, dtype, opset, tmp, src, extra,
-                             padding_side="right" if attention == "gqa" else "left")
+                             padding_side="left" if attention in (None, "mha") else "right")
         manifest.write(tmp)
         report = None
         if verify:
