@@ -136,17 +136,24 @@ def set_pooled_token(model_dir: Path, token: str) -> None:
     manifest.sealed(model_dir).write(model_dir)
 
 
-def make_variant(fp32_dir: Path, out: Path, recipe: QuantRecipe, calibration=None) -> float:
-    """Copy the fp32 model directory with its graph quantized by ``recipe``; seconds taken."""
+def make_variant(fp32_dir: Path, out: Path, recipe: QuantRecipe, calibration=None,
+                 reuse: bool = False) -> float:
+    """Copy the fp32 model directory with its graph quantized by ``recipe``; seconds taken.
+    ``reuse``: keep ``out`` when an earlier run made it from the same fp32 graph, recipe and
+    calibration (0.0 s)."""
+    calibration = calibration if recipe.smooth is not None else None
+    stamp = hashlib.sha256(json.dumps([read_manifest(fp32_dir).fingerprint, repr(recipe),
+                                       calibration]).encode()).hexdigest()[:16]
+    if reuse and (out / "embedrank.json").exists() and read_manifest(out).extra.get("stamp") == stamp:
+        return 0.0
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(fp32_dir, out, ignore=shutil.ignore_patterns(GRAPH_NAME + "*"))
     start = time.perf_counter()
-    quantize(fp32_dir / GRAPH_NAME, out / GRAPH_NAME, recipe,
-             calibration=calibration if recipe.smooth is not None else None)
+    quantize(fp32_dir / GRAPH_NAME, out / GRAPH_NAME, recipe, calibration=calibration)
     seconds = time.perf_counter() - start
     manifest = dataclasses.replace(read_manifest(out), dtype="int8",
-                                   extra={"int8_recipe": recipe.name}).sealed(out)
+                                   extra={"int8_recipe": recipe.name, "stamp": stamp}).sealed(out)
     manifest.write(out)
     return seconds
 
@@ -192,12 +199,13 @@ def onnx_row(name: str, model_dir: Path, budget: int, threads: int) -> Row:
     return Row(name, lambda q, d: (runtime.embed_queries(q), runtime.embed_documents(d)), size)
 
 
-def measure(rows: list[Row], queries, docs, timing: int, rounds: int, cache: Path | None = None) -> None:
+def measure(rows: list[Row], queries, docs, timing: int, rounds: int, cache: Path | None = None,
+            quality: bool = True) -> None:
     """Embed everything once per variant (quality), then time ``timing`` queries + ``timing``
     documents in ``rounds`` round-robin rounds, keeping each variant's best: the variants
     see the same machine load, and a burst of load elsewhere is dropped, not averaged in.
     ``cache``: an .npz holding (or receiving) the first row's embeddings (the reference)."""
-    for row in rows:
+    for row in rows if quality else []:
         start = time.perf_counter()
         if row is rows[0] and cache is not None and cache.exists():
             saved = np.load(cache)
@@ -225,11 +233,16 @@ def compare(rows: list[Row], tokens: int, doc_ids, query_ids, qrels) -> str:
     from embedrank.plugin.metrics import ndcg_at_k
 
     ref = rows[0]
-    ref_top = _top10(ref.queries, ref.docs)
     width = max(22, *(len(r.name) for r in rows))
     lines = [f"{'variant':<{width}} {'MB':>6} {'tok/s':>8} {'x torch':>8} {'mean cos':>9} "
              f"{'min cos':>8} {'top10 agr':>9} {'nDCG@10':>8}"]
     for row in rows:
+        rate = tokens / row.seconds
+        ratio = ref.seconds / row.seconds if np.isfinite(row.seconds) else float("nan")
+        if ref.queries is None:  # timing only
+            lines.append(f"{row.name:<{width}} {row.size_mb:>6.0f} {rate:>8.0f} {ratio:>8.2f}")
+            continue
+        ref_top = _top10(ref.queries, ref.docs)
         emb = np.concatenate([row.queries, row.docs])
         cos = (emb * np.concatenate([ref.queries, ref.docs])).sum(-1)
         top = _top10(row.queries, row.docs)
@@ -237,9 +250,8 @@ def compare(rows: list[Row], tokens: int, doc_ids, query_ids, qrels) -> str:
         scores = row.queries @ row.docs.T
         run = {q: {doc_ids[j]: float(scores[i, j]) for j in np.argsort(-scores[i])[:100]}
                for i, q in enumerate(query_ids)}
-        rate = tokens / row.seconds
         lines.append(f"{row.name:<{width}} {row.size_mb:>6.0f} {rate:>8.0f} "
-                     f"{ref.seconds / row.seconds:>8.2f} {cos.mean():>9.4f} {cos.min():>8.4f} "
+                     f"{ratio:>8.2f} {cos.mean():>9.4f} {cos.min():>8.4f} "
                      f"{agree:>9.3f} {ndcg_at_k(run, qrels, 10):>8.4f}")
     return "\n".join(lines)
 
@@ -271,7 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-budget", type=int, default=TOKEN_BUDGET)
     parser.add_argument("--timing-texts", type=int, default=128,
                         help="queries and documents (each) in a timing round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds (0: quality only)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep variants an earlier run in --work made the same way")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="skip the quality pass (embedding every text with every variant)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use the first LIMIT documents and LIMIT/2 queries")
     parser.add_argument("--pooled-token", default=None,
@@ -303,14 +319,14 @@ def main(argv: list[str] | None = None) -> None:
               f"({sum(map(len, calibration))} tokens) from {args.calibration}", flush=True)
     for number, recipe in enumerate(recipes):
         out = args.work / f"v{number}-{re.sub(r'[^A-Za-z0-9_.=+-]', '_', recipe.name)[:60]}"
-        seconds = make_variant(fp32_dir, out, recipe, calibration)
+        seconds = make_variant(fp32_dir, out, recipe, calibration, args.reuse)
         print(f"quantized {recipe.name} in {seconds:.0f} s", flush=True)
         star = "*" if recipe.name == DEFAULT_RECIPE else ""
         rows.append(onnx_row(f"{recipe.name}{star}", out, args.token_budget, args.threads))
     key = hashlib.sha256(json.dumps([str(Path(src).resolve()), _stamp(Path(src)),
                                      args.pooled_token, queries, docs]).encode()).hexdigest()[:16]
     measure(rows, queries, docs, args.timing_texts, args.rounds,
-            args.work / f"reference-{key}.npz")
+            args.work / f"reference-{key}.npz", quality=not args.timing_only)
     tokens = rows[0].embed.count(queries[:args.timing_texts], docs[:args.timing_texts])
     print(f"quality: {len(queries)} queries (default instruction) x {len(docs)} documents; "
           f"speed: best of {args.rounds} rounds over {args.timing_texts} queries + "

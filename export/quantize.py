@@ -1,7 +1,7 @@
 """int8 variants of an exported fp32 graph, with ONNX Runtime's quantization tools.
 
 A recipe is data (a frozen dataclass); :func:`quantize` applies one to ``model.onnx``.
-Two families are measured against each other in ``docs/int8.md``:
+The families measured against each other in ``docs/int8.md``:
 
 * ``dynamic*``: ``quantize_dynamic`` (MatMulInteger / DynamicQuantizeMatMul). Weights int8
   (per tensor or per output channel), activations uint8 with ONE scale per tensor computed at
@@ -11,10 +11,16 @@ Two families are measured against each other in ``docs/int8.md``:
   input dimension and ``accuracy_level=4``: activations are quantized to int8 per block of
   the same size too, then multiplied with int8 dot products (VNNI / AVX2). An outlier
   channel only coarsens its own block, so quality holds with int8 arithmetic throughout.
+* ``pertoken``: per-channel int8 weights and uint8 activations with one scale per token,
+  computed at run time (:func:`quantize_per_token`; standard ops + ``MatMulIntegerToFloat``):
+  a token with massive activations coarsens only itself.
+* ``smooth=alpha`` (``smooth-*``): SmoothQuant folded into the fp32 graph first
+  (``export/smooth.py``; an exact identity in fp32) from calibration token ids, so that
+  per-channel activation outliers move into the weights.
 
 Only MatMuls with a constant weight are touched (q/k/v/o and the MLP); the attention
 products (Q·K, P·V), norms and softmax stay fp32. ``keep_fp32`` names node-name
-substrings left in fp32 (sensitive layers).
+substrings left in fp32 (sensitive layers). ``docs/int8.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class QuantRecipe:
     per_channel: bool = False
     reduce_range: bool = False
     block_size: int = 32
+    bits: int = 8  # blockwise weight bits (MatMulNBits takes 4 or 8)
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations and int8 dot products
     weights_only: bool = True  # dynamic: quantize MatMuls with a constant weight only
     keep_fp32: tuple[str, ...] = ()  # regexes on node names left in fp32
@@ -66,6 +73,8 @@ RECIPES = {r.name: r for r in (
                 help="weight-only: 8-bit weights in blocks of 32, fp32 activations and compute"),
     QuantRecipe("int8-block128", "blockwise", block_size=128,
                 help="8-bit weights and int8 activations in blocks of 128 (MatMulNBits)"),
+    QuantRecipe("int4-block32", "blockwise", block_size=32, bits=4,
+                help="speed reference: 4-bit weights, int8 activations in blocks of 32"),
     QuantRecipe("smooth-dynamic-pc", "dynamic", per_channel=True, smooth=0.5,
                 help="SmoothQuant alpha 0.5, then dynamic-pc"),
     QuantRecipe("smooth-dynamic-pc-keep", "dynamic", per_channel=True, smooth=0.5,
@@ -119,7 +128,7 @@ def _blockwise(model, dst: Path, recipe: QuantRecipe, exclude: list[str], extern
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     config = DefaultWeightOnlyQuantConfig(block_size=recipe.block_size, is_symmetric=True,
-                                          accuracy_level=recipe.accuracy_level, bits=8,
+                                          accuracy_level=recipe.accuracy_level, bits=recipe.bits,
                                           op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
     quantizer.process()
