@@ -105,20 +105,23 @@ def calibration_texts(source: str, data: Path, count: int, seed: int = 0):
 
 def parse_recipe(spec: str) -> QuantRecipe:
     """A recipe name, or ``NAME+key=value...`` for a variant of one: ``alpha=0.65``
-    (smoothing, ``none`` for off), ``keep=RE,RE`` (node-name regexes kept fp32, ``{last}`` =
-    the last layer), ``pc=0|1`` (per-channel weights, dynamic)."""
+    (smoothing, ``none`` for off), ``down=0.5`` (alpha of the down_proj inputs, 0 = not
+    smoothed), ``keep=RE,RE`` (node-name regexes kept fp32, ``{last}`` = the last layer),
+    ``pc=0|1`` (per-channel weights, dynamic)."""
     base, *changes = spec.split("+")
     recipe = dataclasses.replace(get_recipe(base), name=spec)
     for change in changes:
         key, _, value = change.partition("=")
         if key == "alpha":
             recipe = dataclasses.replace(recipe, smooth=None if value == "none" else float(value))
+        elif key == "down":
+            recipe = dataclasses.replace(recipe, smooth_down=float(value))
         elif key == "keep":
             recipe = dataclasses.replace(recipe, keep_fp32=tuple(filter(None, value.split(","))))
         elif key == "pc":
             recipe = dataclasses.replace(recipe, per_channel=value == "1")
         else:
-            raise InputError(f"recipe variant {spec!r}: unknown key {key!r} (alpha, keep, pc)")
+            raise InputError(f"recipe variant {spec!r}: unknown key {key!r} (alpha, down, keep, pc)")
     return recipe
 
 
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="BEIR folder [default: the ChatterBot corpus]")
     parser.add_argument("--work", type=Path, default=Path("quant-bench"))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help="recipe names, or variants NAME+alpha=A+keep=RE,RE+pc=0|1")
+                        help="recipe names, or variants NAME+alpha=A+down=A+keep=RE,RE+pc=0|1")
     parser.add_argument("--eval-split", default="all", choices=["all", "test"],
                         help="queries ranked: all splits, or the test split only (held out "
                              "from training and calibration)")

@@ -49,6 +49,7 @@ class QuantRecipe:
     weights_only: bool = True  # dynamic: quantize MatMuls with a constant weight only
     keep_fp32: tuple[str, ...] = ()  # regexes on node names left in fp32
     smooth: float | None = None  # SmoothQuant alpha (export/smooth.py); needs calibration
+    smooth_down: float | None = None  # alpha of the up -> down_proj sites [smooth]; 0 = off
     help: str = ""
 
 
@@ -281,7 +282,7 @@ def quantize(src: str | Path, dst: str | Path, recipe: str | QuantRecipe = DEFAU
     if recipe.smooth is not None:
         from embedrank.export.smooth import smooth
 
-        report = smooth(model, calibration, recipe.smooth, threads)
+        report = smooth(model, calibration, recipe.smooth, threads, recipe.smooth_down)
     if recipe.method == "dynamic":
         _dynamic(model, dst, recipe, include, external_data)
     elif recipe.method == "pertoken":

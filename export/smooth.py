@@ -176,12 +176,15 @@ def _update(tensor, value: np.ndarray) -> None:
 
 
 def smooth(model, calibration: Sequence[Sequence[int]], alpha: float = 0.5,
-           threads: int = 2) -> SmoothReport:
-    """Fold SmoothQuant scales into ``model`` (in place, weights loaded) after calibrating it."""
+           threads: int = 2, alpha_down: float | None = None) -> SmoothReport:
+    """Fold SmoothQuant scales into ``model`` (in place, weights loaded) after calibrating it.
+    ``alpha_down``: alpha of the up -> down sites [``alpha``]; 0 leaves them unsmoothed."""
     from onnx import numpy_helper
 
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"smoothing alpha must be in [0, 1], got {alpha}")
+    alpha_down = alpha if alpha_down is None else alpha_down
+    for value in (alpha, alpha_down):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"smoothing alpha must be in [0, 1], got {value}")
     sites = find_sites(model)
     if not sites:
         raise InputError("no RMSNorm -> linear or up_proj -> down_proj pattern to smooth in the "
@@ -191,10 +194,13 @@ def smooth(model, calibration: Sequence[Sequence[int]], alpha: float = 0.5,
     inits, users = _init_map(model), _consumers(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     for site in sites:
+        a = alpha if site.kind == "norm" else alpha_down
+        if a == 0.0:
+            continue
         weights = [_private(model, nodes[n], 1, inits, users) for n in site.linears]
         arrays = [numpy_helper.to_array(w) for w in weights]
         wmax = np.max([np.abs(w).max(1) for w in arrays], 0)
-        s = (np.maximum(amax[site.tensor], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha))
+        s = np.maximum(amax[site.tensor], 1e-5) ** a / np.maximum(wmax, 1e-5) ** (1 - a)
         s = np.clip(s, *SCALE_RANGE).astype(np.float32)
         for tensor, array in zip(weights, arrays, strict=True):
             _update(tensor, array * s[:, None])

@@ -63,6 +63,16 @@ def test_smoothing_is_an_fp32_identity(embedder_dir, calibration, feed):
     assert np.abs(got - ref).max() < 1e-5
 
 
+def test_down_sites_can_stay_unsmoothed(embedder_dir, calibration, feed):
+    model = onnx.load(str(embedder_dir / "model.onnx"))
+    downs = {n.input[1] for n in model.graph.node if n.name.endswith("down_proj/MatMul")}
+    before = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer if i.name in downs}
+    smooth(model, calibration, alpha=0.8, alpha_down=0.0)
+    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in downs}
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert np.abs(run(model, feed) - run(embedder_dir / "model.onnx", feed)).max() < 1e-5
+
+
 def plant_outlier(path) -> onnx.ModelProto:
     """The fp32 graph with hidden channel 5 of every RMSNorm output 50x larger and the rows of
     the linear layers reading it 50x smaller: the same function, an activation outlier."""
