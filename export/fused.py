@@ -12,11 +12,11 @@ Qwen3's RMSNorm and rotary embedding do in PyTorch are in the graph as PyTorch r
 Attention, two forms (``attention=``):
 
 * ``"gqa"`` (default): one ``GroupQueryAttention`` per layer, written by the exporter itself
-  (:mod:`embedrank.export.gqa`): K/V at their own head count, no
+  (:mod:`embedrank.export.gqa`): rotary inside the op, K/V at their own head count, no
   layout transposes, causal flash attention. The graph is **right-padded** (manifest
-  ``padding_side``). Its CUDA kernels are fp16 / bf16 only. The rotary embedding runs as
-  ``RotaryEmbedding`` ops before it (:func:`~embedrank.export.gqa.rotary_outside`), or inside
-  it with ``"gqa-inner-rotary"``.
+  ``padding_side``). Its CUDA kernels are fp16 / bf16 only. The rotary embedding runs inside
+  the op (``do_rotary``): moving it into separate ``RotaryEmbedding`` ops measured 13% slower
+  on the H100 (docs/performance.md).
 * ``"mha"``: K/V expanded to the query heads and ``MultiHeadAttention`` with the padding +
   causal mask as an additive bias, on left-padded batches (any dtype). onnxscript's own GQA
   rule is left out on purpose: it turns the mask into per-row lengths, i.e. assumes right
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from embedrank.errors import FusionError, InputError, MissingDependencyError, require
-from embedrank.export.gqa import ONNX_TRANSLATION, RightPaddedGraph, gqa_attention, rotary_outside
+from embedrank.export.gqa import ONNX_TRANSLATION, RightPaddedGraph, gqa_attention
 
 FUSED_OPSET = 20
 # fused op type -> the onnxscript fusion counts that produce it
@@ -79,7 +79,7 @@ def _exportable_attention(model: nn.Module):
         model.set_attn_implementation(previous)
 
 
-ATTENTIONS = ("gqa", "gqa-inner-rotary", "mha")
+ATTENTIONS = ("gqa", "mha")
 
 
 def _example_inputs(module, device: str, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,8 +276,6 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
         _optimize_for_ort(model)
         if attention == "mha":
             _fuse_rotary(model, max_positions)
-        elif attention == "gqa":
-            rotary_outside(model)
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]
     if counts["GroupQueryAttention"]:  # the other fused attention

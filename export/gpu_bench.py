@@ -49,10 +49,8 @@ if DRY_RUN:
 EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None),
            "onnx-fused-fp16": ("embedder", "fused", "gqa"),
            "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa"),
-           "onnx-fused-mha-fp16": ("embedder", "fused", "mha"),
-           "onnx-fused-gqa-inner-rotary-fp16": ("embedder", "fused", "gqa-inner-rotary")}
-VARIANTS = ("onnx-fused-fp16", "onnx-fused-gqa-inner-rotary-fp16", "onnx-fused-mha-fp16",
-            "torch-eager-bf16", "torch-compile-bf16")
+           "onnx-fused-mha-fp16": ("embedder", "fused", "mha")}
+VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
 
 
 def linear_flops_per_token(a: dict = ARCH) -> float:
@@ -229,11 +227,11 @@ def run_variant(name: str, work_dir: Path) -> dict:
         res.update(measure(onnx_backend(model_dir, pad), work))
         res["fixed_tokens_per_s_no_io_binding"] = measure_fixed_only(
             onnx_backend(model_dir, pad, io_binding=False), work)
-        if name.startswith("onnx-fused-gqa"):
-            from embedrank.export.gpu_probes import kernel_profile
+        if name == "onnx-fused-fp16":
+            from embedrank.export.gpu_probes import kernel_profile, memory_probe
 
             res["kernels"] = kernel_profile(onnx_backend(model_dir, pad), work["fixed"])
-        if name == "onnx-fused-fp16":
+            res["memory"] = memory_probe(model_dir, work["fixed"], pad)
             rr = onnx_backend(work_dir / "onnx-fused-fp16-reranker", pad)
             for budget in (BUDGET, 32768):
                 res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)

@@ -71,3 +71,38 @@ def kernel_profile(fn, rows: list, calls: int = 5, top: int = 25) -> dict:
     return {"gpu_ms_per_call": total, "kernels": [
         {"name": name[:160], "ms": round(ms, 3), "share": round(ms / total, 4), "launches": n}
         for ms, n, name in rows_out[:top]]}
+
+
+def memory_probe(model_dir: Path, rows: list, pad_id: int) -> dict:
+    """Device memory (NVML) of one fixed batch under ORT's arena strategies, one session each."""
+    import gc
+
+    import onnxruntime as ort
+
+    from embedrank.formats import pad
+    from embedrank.manifest import read_manifest
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return {"error": "no CUDA provider (dry run)"}
+    ids, mask = pad(rows, pad_id, read_manifest(model_dir).padding_side)
+    res = {}
+    for strategy in ("kNextPowerOfTwo", "kSameAsRequested"):
+        res[strategy] = _arena_run(model_dir / "model.onnx", strategy, ids, mask)
+        gc.collect()
+    return res
+
+
+def _arena_run(path: Path, strategy: str, ids: np.ndarray, mask: np.ndarray) -> dict:
+    import onnxruntime as ort
+
+    from embedrank.export.gpu_bench import gpu_used_mib
+
+    before = gpu_used_mib()
+    sess = ort.InferenceSession(str(path), providers=[
+        ("CUDAExecutionProvider", {"arena_extend_strategy": strategy})])
+    loaded = gpu_used_mib()
+    times = _timed(lambda: sess.run(None, {"input_ids": ids, "attention_mask": mask}), 10)
+    used = gpu_used_mib() - loaded
+    return {"weights_mib": loaded - before, "run_mib": used,
+            "mib_per_1k_tokens": used / (ids.size / 1000),
+            "fixed_tokens_per_s": ids.size / float(np.median(times))}

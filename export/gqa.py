@@ -171,38 +171,3 @@ class RightPaddedGraph(nn.Module):
         self._state["mask"] = attention_mask
         return self.inner(input_ids, attention_mask)
 
-
-def rotary_outside(model) -> int:
-    """Move the rotary embedding out of each GroupQueryAttention into RotaryEmbedding ops.
-
-    ``model``: an onnx_ir model. Each ``GroupQueryAttention(do_rotary=1)`` gets its query
-    and key rotated by ``com.microsoft.RotaryEmbedding`` (3-D input, positions counted from 0
-    on every row: right padding) and runs with ``do_rotary=0``. Same result; on CUDA it swaps
-    ORT's fused unpack + rotary + KV-append kernel for two element-wise rotary kernels
-    (docs/performance.md has the profile). Returns how many nodes were rewritten.
-    """
-    import numpy as np
-    import onnx_ir as ir
-
-    graph, count = model.graph, 0
-    start = ir.Value(name="embedrank_rotary_start", const_value=ir.tensor(np.zeros(1, np.int64)))
-    for node in list(graph):
-        if node.op_type != "GroupQueryAttention" or node.attributes.get_int("do_rotary", 0) != 1:
-            continue
-        if not count:
-            graph.register_initializer(start)
-        cos, sin = node.inputs[7], node.inputs[8]
-        heads = {0: node.attributes.get_int("num_heads"), 1: node.attributes.get_int("kv_num_heads")}
-        for index, num_heads in heads.items():
-            x = node.inputs[index]
-            rotary = ir.node("RotaryEmbedding", [x, start, cos, sin], domain="com.microsoft",
-                             attributes={"interleaved": 0, "num_heads": num_heads},
-                             name=f"{node.name}/rotary_{index}")
-            rotary.outputs[0].shape, rotary.outputs[0].type = x.shape, x.type
-            graph.insert_before(node, rotary)
-            node.replace_input_with(index, rotary.outputs[0])
-        node.replace_input_with(7, None)
-        node.replace_input_with(8, None)
-        node.attributes["do_rotary"] = ir.AttrInt64("do_rotary", 0)
-        count += 1
-    return count

@@ -46,11 +46,10 @@ def _export_options(fn):
         click.option("--optimize", type=click.Choice(["fused", "none"]), default=None,
                      help="fused: dynamo export + ONNX Runtime fused attention / RMSNorm ops; "
                           "none: plain TorchScript export [default: fused on cuda, none on cpu]."),
-        click.option("--attention", type=click.Choice(["gqa", "gqa-inner-rotary", "mha"]),
-                     default=None,
-                     help="Fused attention: gqa = GroupQueryAttention on right-padded batches "
-                          "(gqa-inner-rotary: rotary inside the op), mha = MultiHeadAttention on "
-                          "left-padded ones [default: gqa; mha for fp32 on cuda]."),
+        click.option("--attention", type=click.Choice(["gqa", "mha"]), default=None,
+                     help="Fused attention: gqa = GroupQueryAttention on right-padded batches, "
+                          "mha = MultiHeadAttention on left-padded ones [default: gqa; mha for "
+                          "fp32 on cuda]."),
         click.option("--device", default="cpu", show_default=True,
                      help="Where to trace and verify: cpu or cuda."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),

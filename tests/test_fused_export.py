@@ -25,12 +25,6 @@ def mha_embedder(tiny_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def inner_rotary_embedder(tiny_ckpt, tmp_path_factory):
-    return export_model("embedder", str(tiny_ckpt), tmp_path_factory.mktemp("fused") / "gqa-in",
-                        optimize="fused", attention="gqa-inner-rotary")
-
-
-@pytest.fixture(scope="module")
 def fused_reranker(tiny_ckpt, tmp_path_factory):
     """Exported with every weight in external data (the > 2 GB path, at tiny size)."""
     with pytest.MonkeyPatch.context() as mp:
@@ -44,8 +38,7 @@ def _op_types(model_dir) -> Counter:
     return Counter((n.domain, n.op_type) for n in model.graph.node)
 
 
-@pytest.mark.parametrize("name", ["fused_embedder", "fused_reranker", "mha_embedder",
-                                  "inner_rotary_embedder"])
+@pytest.mark.parametrize("name", ["fused_embedder", "fused_reranker", "mha_embedder"])
 def test_fused_graph_holds_contrib_ops_and_keeps_the_contract(name, request):
     result = request.getfixturevalue(name)
     ops = _op_types(result.out)
@@ -58,16 +51,13 @@ def test_fused_graph_holds_contrib_ops_and_keeps_the_contract(name, request):
         assert manifest.padding_side == "left" and manifest.extra["attention"] == "mha"
     else:  # right-padded GQA: rotary inside, no K/V expand, no layout transposes
         assert ops["com.microsoft", "GroupQueryAttention"] == layers
-        assert not any(op in ("MultiHeadAttention", "Transpose") for _, op in ops)
-        inner = name == "inner_rotary_embedder"
-        assert ops["com.microsoft", "RotaryEmbedding"] == (0 if inner else 2 * layers)
+        assert not any(op in ("MultiHeadAttention", "RotaryEmbedding", "Transpose") for _, op in ops)
         attrs = [{a.name: a.i for a in n.attribute} for n in onnx.load(
             str(result.out / "model.onnx"), load_external_data=False).graph.node
             if n.op_type == "GroupQueryAttention"]
-        assert all(a["do_rotary"] == inner and a["num_heads"] == 4 and a["kv_num_heads"] == 2
+        assert all(a["do_rotary"] == 1 and a["num_heads"] == 4 and a["kv_num_heads"] == 2
                    for a in attrs)
-        assert manifest.padding_side == "right"
-        assert manifest.extra["attention"] == ("gqa-inner-rotary" if inner else "gqa")
+        assert manifest.padding_side == "right" and manifest.extra["attention"] == "gqa"
         assert manifest.extra["fused_ops"]["GroupQueryAttention"] == layers
     assert ops["com.microsoft", "SkipSimplifiedLayerNormalization"] >= layers
     assert ops["", "SimplifiedLayerNormalization"] >= 1  # ORT registers it in the onnx domain
@@ -79,7 +69,7 @@ def test_fused_graph_holds_contrib_ops_and_keeps_the_contract(name, request):
     assert manifest.opset >= 18
 
 
-@pytest.mark.parametrize("name", ["fused_embedder", "mha_embedder", "inner_rotary_embedder"])
+@pytest.mark.parametrize("name", ["fused_embedder", "mha_embedder"])
 def test_fused_embedder_passes_parity(name, request):
     report = request.getfixturevalue(name).parity
     assert report.passed and report.min_cosine >= 0.9999 and report.max_abs_diff < 1e-5
