@@ -169,6 +169,7 @@ class Row:
     queries: np.ndarray | None = None
     docs: np.ndarray | None = None
     seconds: float = float("inf")  # best of the timing rounds
+    cache: Path | None = None  # .npz of this row's embeddings of the quality texts
 
 
 def torch_row(src: Path, budget: int, pooled_token: str | None) -> Row:
@@ -202,22 +203,21 @@ def onnx_row(name: str, model_dir: Path, budget: int, threads: int) -> Row:
     return Row(name, lambda q, d: (runtime.embed_queries(q), runtime.embed_documents(d)), size)
 
 
-def measure(rows: list[Row], queries, docs, timing: int, rounds: int, cache: Path | None = None,
-            quality: bool = True) -> None:
+def measure(rows: list[Row], queries, docs, timing: int, rounds: int, quality: bool = True) -> None:
     """Embed everything once per variant (quality), then time ``timing`` queries + ``timing``
     documents in ``rounds`` round-robin rounds, keeping each variant's best: the variants
     see the same machine load, and a burst of load elsewhere is dropped, not averaged in.
-    ``cache``: an .npz holding (or receiving) the first row's embeddings (the reference)."""
+    A row's ``cache`` (.npz) holds or receives its quality embeddings."""
     for row in rows if quality else []:
         start = time.perf_counter()
-        if row is rows[0] and cache is not None and cache.exists():
-            saved = np.load(cache)
+        if row.cache is not None and row.cache.exists():
+            saved = np.load(row.cache)
             row.queries, row.docs = saved["queries"], saved["docs"]
-            print(f"reference embeddings of {row.name} from {cache}", flush=True)
+            print(f"embeddings of {row.name} from {row.cache}", flush=True)
             continue
         row.queries, row.docs = row.embed(queries, docs)
-        if row is rows[0] and cache is not None:
-            np.savez(cache, queries=row.queries, docs=row.docs)
+        if row.cache is not None:
+            np.savez(row.cache, queries=row.queries, docs=row.docs)
         print(f"embedded all texts with {row.name} in {time.perf_counter() - start:.0f} s",
               flush=True)
     sub_q, sub_d = queries[:timing], docs[:timing]
@@ -320,16 +320,22 @@ def main(argv: list[str] | None = None) -> None:
         calibration = calibration_ids(fp32_dir, cal_docs, cal_queries)
         print(f"calibration: {len(cal_docs)} documents + {len(cal_queries)} queries "
               f"({sum(map(len, calibration))} tokens) from {args.calibration}", flush=True)
+    outs: list[Path] = []
     for number, recipe in enumerate(recipes):
         out = args.work / f"v{number}-{re.sub(r'[^A-Za-z0-9_.=+-]', '_', recipe.name)[:60]}"
         seconds = make_variant(fp32_dir, out, recipe, calibration, args.reuse)
         print(f"quantized {recipe.name} in {seconds:.0f} s", flush=True)
         star = "*" if recipe.name == DEFAULT_RECIPE else ""
         rows.append(onnx_row(f"{recipe.name}{star}", out, args.token_budget, args.threads))
+        outs.append(out)
+    texts = hashlib.sha256(json.dumps([queries, docs]).encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps([str(Path(src).resolve()), _stamp(Path(src)),
-                                     args.pooled_token, queries, docs]).encode()).hexdigest()[:16]
-    measure(rows, queries, docs, args.timing_texts, args.rounds,
-            args.work / f"reference-{key}.npz", quality=not args.timing_only)
+                                     args.pooled_token, texts]).encode()).hexdigest()[:16]
+    rows[0].cache = args.work / f"reference-{key}.npz"
+    if args.reuse:  # a variant directory is rebuilt (cache included) when its graph changes
+        for row, out in zip(rows[1:], [fp32_dir, *outs], strict=True):
+            row.cache = out / f"quality-{texts}-{read_manifest(out).fingerprint[:12]}.npz"
+    measure(rows, queries, docs, args.timing_texts, args.rounds, quality=not args.timing_only)
     tokens = rows[0].embed.count(queries[:args.timing_texts], docs[:args.timing_texts])
     print(f"quality: {len(queries)} queries (default instruction) x {len(docs)} documents; "
           f"speed: best of {args.rounds} rounds over {args.timing_texts} queries + "
