@@ -128,3 +128,44 @@ def test_manifest_padding_side_is_checked(fused_embedder, tmp_path):
     (copy / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="padding_side must be"):
         read_manifest(copy)
+
+
+def test_gqa_reference_on_right_padding_equals_the_model_on_left_padding(torch_embedder):
+    """The swapped attention (the semantics the ONNX GroupQueryAttention node gets) is exact."""
+    import torch
+
+    from embedrank.export.gqa import RightPaddedGraph, gqa_attention
+    from embedrank.formats import pad
+
+    module = torch_embedder
+    gen = torch.Generator().manual_seed(0)
+    seqs = [[*torch.randint(10, 5000, (n - 1,), generator=gen).tolist(), module.eot_id]
+            for n in (9, 3, 6, 1)]
+    left = [torch.from_numpy(x) for x in pad(seqs, module.pad_id, "left")]
+    right = [torch.from_numpy(x) for x in pad(seqs, module.pad_id, "right")]
+    with torch.no_grad():
+        ref = module(*left)
+        with gqa_attention(module.model, 64, torch.float32, "cpu") as state:
+            got = RightPaddedGraph(module, state)(*right)
+        assert not hasattr(module.model.layers[0].self_attn, "_embedrank_gqa")  # restored
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-6)
+        np.testing.assert_allclose(module(*left).numpy(), ref.numpy(), atol=0)
+
+
+def test_gqa_export_refuses_sliding_window_and_scaled_rope(tiny_ckpt):
+    import torch
+
+    from embedrank.errors import FusionError
+    from embedrank.export.gqa import gqa_attention
+    from embedrank.train.modeling import Embedder
+
+    module = Embedder.from_pretrained(str(tiny_ckpt), dtype=torch.float32, device="cpu")
+    module.model.config.use_sliding_window = True
+    with pytest.raises(FusionError, match="sliding-window"):
+        with gqa_attention(module.model, 64, torch.float32, "cpu"):
+            pass
+    module.model.config.use_sliding_window = False
+    module.model.rotary_emb.rope_type = "yarn"
+    with pytest.raises(FusionError, match="default rotary"):
+        with gqa_attention(module.model, 64, torch.float32, "cpu"):
+            pass
