@@ -152,8 +152,8 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
     """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``.
 
     ``optimize``: "fused" (dynamo export + ONNX Runtime contrib-op fusions, see
-    :mod:`embedrank.export.fused`) or "none" (TorchScript export, unfused); default "fused"
-    on CUDA, "none" on CPU. A failed fusion raises; it never falls back to "none" by itself.
+    :mod:`embedrank.export.fused`) or "none" (TorchScript export, unfused); default "fused",
+    "none" for int8. A failed fusion raises; it never falls back to "none" by itself.
     ``attention`` (fused only): "gqa" (right-padded GroupQueryAttention; the default) or "mha"
     (left-padded MultiHeadAttention; the default for fp32 on CUDA, where GQA has no kernel).
     """
@@ -161,7 +161,9 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    optimize = optimize or ("fused" if device.startswith("cuda") else "none")
+    # fused is the faster graph on both devices (docs/performance.md, docs/bench.md); the int8
+    # recipes select layers by the TorchScript graph's node names, so int8 starts from that one
+    optimize = optimize or ("none" if dtype == "int8" else "fused")
     if optimize not in OPTIMIZE:
         raise InputError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
     if attention is not None and optimize != "fused":

@@ -45,7 +45,7 @@ def _export_options(fn):
                      help="ONNX opset [default: 20 with --optimize fused, 17 with none]."),
         click.option("--optimize", type=click.Choice(["fused", "none"]), default=None,
                      help="fused: dynamo export + ONNX Runtime fused attention / RMSNorm ops; "
-                          "none: plain TorchScript export [default: fused on cuda, none on cpu]."),
+                          "none: plain TorchScript export [default: fused; none for int8]."),
         click.option("--attention", type=click.Choice(["gqa", "mha"]), default=None,
                      help="Fused attention: gqa = GroupQueryAttention on right-padded batches, "
                           "mha = MultiHeadAttention on left-padded ones [default: gqa; mha for "

@@ -76,6 +76,15 @@ def embedder_dir(tiny_ckpt, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def torchscript_embedder_dir(tiny_ckpt, tmp_path_factory) -> Path:
+    """The plain TorchScript graph (``--optimize none``), the starting point of the int8 recipes."""
+    from embedrank.export import export_model
+
+    out = tmp_path_factory.mktemp("models") / "embedder-ts"
+    return export_model("embedder", str(tiny_ckpt), out, optimize="none").out
+
+
+@pytest.fixture(scope="session")
 def reranker_dir(tiny_ckpt, tmp_path_factory) -> Path:
     from embedrank.export import export_model
 

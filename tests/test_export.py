@@ -73,8 +73,8 @@ def test_reranker_graph_has_one_logit_head_not_full_vocab(reranker_dir):
 
 def test_manifest_contents(embedder_dir):
     m = read_manifest(embedder_dir)
-    assert (m.kind, m.dim, m.matryoshka_dims, m.dtype, m.opset) == ("embedder", 64, (32, 64), "fp32", 17)
-    assert (m.padding_side, m.pooling) == ("left", "last_token")
+    assert (m.kind, m.dim, m.matryoshka_dims, m.dtype, m.opset) == ("embedder", 64, (32, 64), "fp32", 20)
+    assert (m.padding_side, m.pooling) == ("right", "last_token")  # the fused GQA graph
     assert (m.eot_token_id, m.pad_token_id) == (151643, 151643)
     assert m.prompts.query_template == "Instruct: {instruction}\nQuery:{query}"
     assert m.fingerprint == fingerprint(embedder_dir, m) and len(m.fingerprint) == 64

@@ -109,9 +109,10 @@ def test_optimize_is_checked(tiny_ckpt, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_default_cpu_export_stays_torchscript(embedder_dir):
+def test_default_export_is_fused_gqa(embedder_dir):
     manifest = read_manifest(embedder_dir)
-    assert manifest.extra["optimize"] == "none" and manifest.opset == 17
+    assert manifest.extra["optimize"] == "fused" and manifest.extra["attention"] == "gqa"
+    assert manifest.padding_side == "right" and manifest.opset == 20
 
 
 def test_manifest_padding_side_is_checked(fused_embedder, tmp_path):
@@ -169,3 +170,16 @@ def test_gqa_export_refuses_sliding_window_and_scaled_rope(tiny_ckpt):
     with pytest.raises(FusionError, match="default rotary"):
         with gqa_attention(module.model, 64, torch.float32, "cpu"):
             pass
+
+
+def test_compare_runs_exports_side_by_side(mha_embedder, fused_embedder, tiny_ckpt, capsys):
+    from embedrank.export.compare import compare, main
+
+    rows = compare([mha_embedder.out, fused_embedder.out], str(tiny_ckpt), docs=12, lengths=(4, 40),
+                   rounds=1)
+    assert [r["variant"].split(" (")[0] for r in rows] == ["pytorch eager fp32", "mha", "emb"]
+    assert rows[1]["variant"].endswith("(fused, mha)") and rows[2]["variant"].endswith("(fused, gqa)")
+    assert rows[0]["ratio"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
+    assert all(r["min_cosine"] > 0.99999 for r in rows)  # same embeddings, left vs right padded
+    main([str(mha_embedder.out), "--docs", "4", "--lengths", "4:8", "--rounds", "1"])
+    assert "| mha (fused, mha) |" in capsys.readouterr().out

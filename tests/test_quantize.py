@@ -66,21 +66,21 @@ def test_failed_int8_parity_writes_nothing(tiny_ckpt, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sensitive_layers_stay_fp32(embedder_dir, tmp_path):
-    model = onnx.load(str(embedder_dir / "model.onnx"))
+def test_sensitive_layers_stay_fp32(torchscript_embedder_dir, tmp_path):
+    model = onnx.load(str(torchscript_embedder_dir / "model.onnx"))
     quantized, kept = select_nodes(model, RECIPES["dynamic-pc-keep"].keep_fp32)
     assert len(quantized) + len(kept) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
     assert quantized == []  # with 2 layers the first and last blocks are all of them
     with pytest.raises(InputError, match="nothing to quantize"):
-        quantize(embedder_dir / "model.onnx", tmp_path / "q.onnx", "dynamic-pc-keep")
+        quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx", "dynamic-pc-keep")
     recipe = QuantRecipe("keep-down", "dynamic", per_channel=True, keep_fp32=(r"/down_proj/",))
-    result = quantize(embedder_dir / "model.onnx", tmp_path / "q.onnx", recipe)
+    result = quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx", recipe)
     assert result.quantized == 12 and [n.split("/")[-2] for n in result.kept_fp32] == ["down_proj"] * 2
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     names = {n.name for n in graph.node if n.op_type == "MatMul"}
     assert set(result.kept_fp32) <= names and not set(quantized) & names
 
 
-def test_unknown_recipe_is_an_input_error(embedder_dir, tmp_path):
+def test_unknown_recipe_is_an_input_error(torchscript_embedder_dir, tmp_path):
     with pytest.raises(InputError, match="int8 recipe"):
-        quantize(embedder_dir / "model.onnx", tmp_path / "q.onnx", "int3")
+        quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx", "int3")

@@ -22,13 +22,13 @@ OUTLIER_CHANNEL, OUTLIER_FACTOR = 5, 50.0
 
 
 @pytest.fixture(scope="module")
-def calibration(embedder_dir):
-    return calibration_ids(embedder_dir, *CALIBRATION)
+def calibration(torchscript_embedder_dir):
+    return calibration_ids(torchscript_embedder_dir, *CALIBRATION)
 
 
 @pytest.fixture(scope="module")
-def feed(embedder_dir):
-    ids, mask = pad_left(calibration_ids(embedder_dir, *EVAL), 0)
+def feed(torchscript_embedder_dir):
+    ids, mask = pad_left(calibration_ids(torchscript_embedder_dir, *EVAL), 0)
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -43,34 +43,34 @@ def cosine_gap(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(1 - cos.mean()), float(1 - cos.min())
 
 
-def test_sites_of_a_decoder(embedder_dir):
-    sites = find_sites(onnx.load(str(embedder_dir / "model.onnx")))
+def test_sites_of_a_decoder(torchscript_embedder_dir):
+    sites = find_sites(onnx.load(str(torchscript_embedder_dir / "model.onnx")))
     # per layer: input norm -> q/k/v, post-attention norm -> gate/up, up -> down
     assert [(s.kind, len(s.linears)) for s in sites] == [("norm", 3), ("norm", 2), ("up", 1)] * 2
     assert all(s.linears[0].endswith("down_proj/MatMul") for s in sites if s.kind == "up")
 
 
-def test_smoothing_is_an_fp32_identity(embedder_dir, calibration, feed):
-    model = onnx.load(str(embedder_dir / "model.onnx"))
+def test_smoothing_is_an_fp32_identity(torchscript_embedder_dir, calibration, feed):
+    model = onnx.load(str(torchscript_embedder_dir / "model.onnx"))
     before = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer}
     report = smooth(model, calibration, alpha=0.5)
     assert len(report.sites) == 6 and all(v > 0 for v in report.amax.values())
     changed = [i.name for i in model.graph.initializer
                if i.name not in before or not np.array_equal(before[i.name], numpy_helper.to_array(i))]
     assert len(changed) == 2 * 6 + 4  # q/k/v/gate/up/down of 2 layers, 4 norm weights (not o_proj)
-    ref, got = run(embedder_dir / "model.onnx", feed), run(model, feed)
+    ref, got = run(torchscript_embedder_dir / "model.onnx", feed), run(model, feed)
     assert ref.shape == got.shape == (5, 64)
     assert np.abs(got - ref).max() < 1e-5
 
 
-def test_down_sites_can_stay_unsmoothed(embedder_dir, calibration, feed):
-    model = onnx.load(str(embedder_dir / "model.onnx"))
+def test_down_sites_can_stay_unsmoothed(torchscript_embedder_dir, calibration, feed):
+    model = onnx.load(str(torchscript_embedder_dir / "model.onnx"))
     downs = {n.input[1] for n in model.graph.node if n.name.endswith("down_proj/MatMul")}
     before = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer if i.name in downs}
     smooth(model, calibration, alpha=0.8, alpha_down=0.0)
     after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in downs}
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
-    assert np.abs(run(model, feed) - run(embedder_dir / "model.onnx", feed)).max() < 1e-5
+    assert np.abs(run(model, feed) - run(torchscript_embedder_dir / "model.onnx", feed)).max() < 1e-5
 
 
 def plant_outlier(path) -> onnx.ModelProto:
@@ -98,14 +98,14 @@ def plant_outlier(path) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("method", ["dynamic-pc", "pertoken"])
-def test_smoothing_undoes_a_planted_outlier(embedder_dir, calibration, feed, tmp_path, method):
+def test_smoothing_undoes_a_planted_outlier(torchscript_embedder_dir, calibration, feed, tmp_path, method):
     planted = tmp_path / "planted.onnx"
-    onnx.save(plant_outlier(embedder_dir / "model.onnx"), str(planted))
-    ref = run(embedder_dir / "model.onnx", feed)
+    onnx.save(plant_outlier(torchscript_embedder_dir / "model.onnx"), str(planted))
+    ref = run(torchscript_embedder_dir / "model.onnx", feed)
     assert np.abs(run(planted, feed) - ref).max() < 1e-5  # still the same function in fp32
     gaps = {}
     for recipe in (method, f"smooth-{method}"):
-        for name, src in (("clean", embedder_dir / "model.onnx"), ("planted", planted)):
+        for name, src in (("clean", torchscript_embedder_dir / "model.onnx"), ("planted", planted)):
             quantize(src, tmp_path / "q.onnx", recipe, calibration=calibration)
             gaps[recipe, name] = cosine_gap(run(tmp_path / "q.onnx", feed), ref)
     # measured: 1 - mean cosine 0.158 (dynamic-pc) / 0.100 (pertoken) on the planted graph,
@@ -119,8 +119,8 @@ def test_smoothing_undoes_a_planted_outlier(embedder_dir, calibration, feed, tmp
                                                                 abs=2e-4)
 
 
-def test_per_token_graph(embedder_dir, feed, tmp_path):
-    result = quantize(embedder_dir / "model.onnx", tmp_path / "q.onnx", "pertoken")
+def test_per_token_graph(torchscript_embedder_dir, feed, tmp_path):
+    result = quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx", "pertoken")
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert result.quantized == 14 and ops.count("MatMulIntegerToFloat") == 14
@@ -130,14 +130,15 @@ def test_per_token_graph(embedder_dir, feed, tmp_path):
     assert weight_matmuls == []
     assert {i.data_type for i in graph.initializer if i.name.endswith("/w_int8")} == {
         onnx.TensorProto.INT8}
-    mean_gap, max_gap = cosine_gap(run(tmp_path / "q.onnx", feed), run(embedder_dir / "model.onnx", feed))
+    mean_gap, max_gap = cosine_gap(run(tmp_path / "q.onnx", feed),
+                                   run(torchscript_embedder_dir / "model.onnx", feed))
     assert 0 < mean_gap < 1e-3 and max_gap < 2e-3
 
 
-def test_smoothing_needs_calibration(embedder_dir, tmp_path):
+def test_smoothing_needs_calibration(torchscript_embedder_dir, tmp_path):
     with pytest.raises(InputError, match="needs calibration"):
-        quantize(embedder_dir / "model.onnx", tmp_path / "q.onnx", "smooth-pertoken")
-    model = onnx.load(str(embedder_dir / "model.onnx"))
+        quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx", "smooth-pertoken")
+    model = onnx.load(str(torchscript_embedder_dir / "model.onnx"))
     with pytest.raises(InputError, match="non-empty"):
         smooth(model, [[]], 0.5)
     with pytest.raises(InputError, match="alpha"):

@@ -1,0 +1,105 @@
+"""Exported embedders side by side on this machine: same token ids, same batches, round-robin.
+
+Which export of one checkpoint is fastest here (``--optimize none`` / ``fused``, ``--attention
+gqa`` / ``mha``, a dtype), with PyTorch eager on the same batches as the reference row. Every
+variant embeds the same documents (lengths drawn from MIN:MAX, seeded) in rounds; the table
+keeps each variant's best round, so a burst of load from elsewhere costs every row alike.
+
+    python -m embedrank.export.compare EXPORT_DIR [EXPORT_DIR ...] --torch CKPT --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _documents(vocab: int, eot: int, n: int, lengths: tuple[int, int], seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(lengths[0], lengths[1] + 1, size=n)
+    return [[*rng.integers(1000, min(vocab, 30000), size=int(k) - 1).tolist(), eot] for k in sizes]
+
+
+def _onnx_runner(path: Path, threads: int):
+    from embedrank.plugin.runtime import Embedder
+
+    model = Embedder.load(path, threads=threads)
+    return lambda seqs: model._run(seqs, model.manifest.dim)
+
+
+def _torch_runner(ckpt: str, threads: int, token_budget: int, max_batch: int):
+    import torch
+
+    from embedrank.formats import pad_left, plan_batches
+    from embedrank.train.modeling import Embedder
+
+    torch.set_num_threads(threads)
+    module = Embedder.from_pretrained(ckpt, dtype=torch.float32, device="cpu").eval()
+
+    @torch.inference_mode()
+    def run(seqs):
+        out = np.zeros((len(seqs), module.model.config.hidden_size), dtype=np.float32)
+        for batch in plan_batches([len(s) for s in seqs], token_budget, max_batch):
+            ids, mask = pad_left([seqs[i] for i in batch], module.pad_id)
+            out[batch] = module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        return out
+
+    return run
+
+
+def compare(dirs: list[Path], torch_ckpt: str | None, *, docs: int = 256, lengths=(32, 512),
+            rounds: int = 3, threads: int = 2, seed: int = 0) -> list[dict]:
+    """Best-of-``rounds`` tokens/s per variant and cosine to the first row's embeddings."""
+    from embedrank.manifest import read_manifest
+    from embedrank.plugin.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET
+
+    first = read_manifest(dirs[0])
+    runners = {}
+    if torch_ckpt:
+        runners["pytorch eager fp32"] = _torch_runner(torch_ckpt, threads, DEFAULT_TOKEN_BUDGET,
+                                                      DEFAULT_MAX_BATCH)
+    for path in dirs:
+        m = read_manifest(path)
+        label = f"{path.name} ({m.extra.get('optimize', '?')}"
+        label += f", {m.extra['attention']})" if "attention" in m.extra else ")"
+        runners[label] = _onnx_runner(path, threads)
+    seqs = _documents(151643, first.eot_token_id, docs, lengths, seed)
+    tokens = sum(len(s) for s in seqs)
+    best = dict.fromkeys(runners, float("inf"))
+    outputs = {}
+    for name, run in runners.items():  # warm-up, and the embeddings for the cosine
+        outputs[name] = run(seqs)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(seqs)
+            best[name] = min(best[name], time.perf_counter() - start)
+    ref = next(iter(outputs.values()))
+    base = tokens / best[next(iter(runners))]
+    return [{"variant": name, "tokens_per_s": tokens / best[name],
+             "ratio": tokens / best[name] / base,
+             "min_cosine": float((outputs[name] * ref).sum(1).min())} for name in runners]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.add_argument("--torch", dest="torch_ckpt", help="checkpoint for the PyTorch eager row")
+    p.add_argument("--docs", type=int, default=256)
+    p.add_argument("--lengths", default="32:512")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    low, high = (int(x) for x in a.lengths.split(":"))
+    rows = compare(a.dirs, a.torch_ckpt, docs=a.docs, lengths=(low, high), rounds=a.rounds,
+                   threads=a.threads)
+    print("| variant | tokens/s | x first row | min cosine to first row |\n|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['ratio']:.2f} | {r['min_cosine']:.6f} |")
+
+
+if __name__ == "__main__":
+    main()
