@@ -1,6 +1,7 @@
 """Export a Qwen3-style embedder or reranker to an ONNX model directory.
 
-The graph takes left-padded ``input_ids`` / ``attention_mask`` (dynamic batch and length)
+The graph takes padded ``input_ids`` / ``attention_mask`` (dynamic batch and length; right
+padding for the fused GroupQueryAttention graph, left otherwise, as its manifest records)
 and returns the L2-normalized pooled embedding ``[B, D]`` or the one yes-no logit ``[B]``.
 Everything is written into a temporary directory next to OUT, checked for parity with
 PyTorch, and only then moved into place: a failed export leaves nothing behind.
