@@ -104,6 +104,19 @@ def test_cuda_without_a_cuda_provider_is_an_error_not_a_fallback(embedder_dir):
         Embedder.load(embedder_dir, device="tpu")
 
 
+def test_cuda_provider_options(monkeypatch):
+    import onnxruntime as ort
+
+    from embedrank.plugin.runtime import providers_for
+
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+    (name, options), cpu = providers_for("cuda:1")
+    assert (name, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert options == {"device_id": 1, "arena_extend_strategy": "kSameAsRequested"}
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+
+
 def test_missing_directory_and_files(tmp_path, embedder_dir):
     with pytest.raises(ModelDirError, match="does not exist.*embedrank export"):
         Embedder.load(tmp_path / "nope")
