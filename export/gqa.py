@@ -131,6 +131,8 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
     if not found or len(found) != getattr(config, "num_hidden_layers", -1):
         problems.append(f"{len(found)} q/k/v/o attention modules for "
                         f"{getattr(config, 'num_hidden_layers', '?')} layers")
+    if any(abs(getattr(m, "scaling", m.head_dim ** -0.5) - m.head_dim ** -0.5) > 1e-9 for m in found):
+        problems.append("an attention scale other than 1/sqrt(head_dim)")
     if getattr(config, "use_sliding_window", False) or getattr(config, "layer_types", None) and \
             any(t != "full_attention" for t in config.layer_types):
         problems.append("sliding-window layers")

@@ -166,6 +166,11 @@ def test_gqa_export_refuses_sliding_window_and_scaled_rope(tiny_ckpt):
         with gqa_attention(module.model, 64, torch.float32, "cpu"):
             pass
     module.model.config.use_sliding_window = False
+    module.model.layers[1].self_attn.scaling = 0.5
+    with pytest.raises(FusionError, match="attention scale"):
+        with gqa_attention(module.model, 64, torch.float32, "cpu"):
+            pass
+    module.model.layers[1].self_attn.scaling = 16 ** -0.5
     module.model.rotary_emb.rope_type = "yarn"
     with pytest.raises(FusionError, match="default rotary"):
         with gqa_attention(module.model, 64, torch.float32, "cpu"):
