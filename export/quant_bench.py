@@ -310,10 +310,11 @@ def main(argv: list[str] | None = None) -> None:
         query_ids, queries = query_ids[:args.limit // 2], queries[:args.limit // 2]
     fp32_dir = args.work / "fp32"
     if not (fp32_dir / "embedrank.json").exists():
-        export_model("embedder", str(src), fp32_dir, max_length=512, overwrite=True)
+        # the int8 recipes start from the TorchScript graph (export_model does so for int8)
+        export_model("embedder", str(src), fp32_dir, max_length=512, overwrite=True, optimize="none")
     set_pooled_token(fp32_dir, args.pooled_token or EOT_TOKEN)
     rows = [torch_row(src, args.token_budget, args.pooled_token),
-            onnx_row("onnx fp32", fp32_dir, args.token_budget, args.threads)]
+            onnx_row("onnx fp32 (torchscript)", fp32_dir, args.token_budget, args.threads)]
     calibration = None
     if any(r.smooth is not None for r in recipes):
         cal_docs, cal_queries = calibration_texts(args.calibration, data, args.calibration_texts)

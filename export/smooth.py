@@ -31,6 +31,10 @@ import numpy as np
 
 from embedrank.errors import InputError
 
+# contrib ops of the fused export (export/fused.py): its RMSNorms are not Mul nodes and its
+# attention is right-padded, while calibration pads on the left like the TorchScript graph
+FUSED_OPS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+             "GroupQueryAttention", "MultiHeadAttention"}
 SCALE_RANGE = (1e-2, 1e3)  # clip s: a dead or huge channel never zeroes or blows up a weight
 CALIBRATION_TOKEN_BUDGET = 4096  # tokens per calibration batch (padding included)
 
@@ -185,6 +189,10 @@ def smooth(model, calibration: Sequence[Sequence[int]], alpha: float = 0.5,
     for value in (alpha, alpha_down):
         if not 0.0 <= value <= 1.0:
             raise InputError(f"smoothing alpha must be in [0, 1], got {value}")
+    fused = FUSED_OPS & {n.op_type for n in model.graph.node}
+    if fused:
+        raise InputError(f"smoothing needs the unfused TorchScript export (optimize='none'); this "
+                         f"graph is fused ({', '.join(sorted(fused))})")
     sites = find_sites(model)
     if not sites:
         raise InputError("no RMSNorm -> linear or up_proj -> down_proj pattern to smooth in the "

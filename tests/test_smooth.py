@@ -146,6 +146,12 @@ def test_smoothing_needs_calibration(torchscript_embedder_dir, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_fused_graph_is_refused(embedder_dir, calibration):
+    model = onnx.load(str(embedder_dir / "model.onnx"))  # the default export: fused, right-padded
+    with pytest.raises(InputError, match="unfused TorchScript export"):
+        smooth(model, calibration, 0.5)
+
+
 def test_calibration_file(tmp_path):
     path = tmp_path / "cal.jsonl"
     path.write_text(json.dumps({"text": "a document"}) + "\n\n" + json.dumps({"query": "a query?"}) + "\n")
