@@ -149,12 +149,17 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
                  opset: int | None = None, max_length: int | None = None, verify: bool = True,
                  overwrite: bool = False, device: str = "cpu", trust_remote_code: bool = False,
-                 optimize: str | None = None, attention: str | None = None) -> ExportResult:
+                 optimize: str | None = None, attention: str | None = None,
+                 int8_recipe: str | None = None, calibration: str | Path | None = None
+                 ) -> ExportResult:
     """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``.
 
     ``optimize``: "fused" (dynamo export + ONNX Runtime contrib-op fusions, see
     :mod:`embedrank.export.fused`) or "none" (TorchScript export, unfused); default "fused",
     "none" for int8. A failed fusion raises; it never falls back to "none" by itself.
+    ``int8_recipe`` / ``calibration`` (``dtype="int8"`` only): a recipe of
+    :data:`embedrank.export.quantize.RECIPES` (default ``DEFAULT_RECIPE``) and, for the
+    recipes that smooth activations, a JSONL file of calibration texts (docs/int8.md).
     ``attention`` (fused only): "gqa" (right-padded GroupQueryAttention; the default) or "mha"
     (left-padded MultiHeadAttention; the default for fp32 on CUDA, where GQA has no kernel).
     """
@@ -167,6 +172,10 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
     optimize = optimize or ("none" if dtype == "int8" else "fused")
     if optimize not in OPTIMIZE:
         raise InputError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
+    int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
+    if dtype == "int8" and optimize == "fused":
+        raise InputError("--dtype int8 starts from the TorchScript graph (its recipes select layers "
+                         "by that graph's node names): drop --optimize fused")
     if attention is not None and optimize != "fused":
         raise InputError("attention applies to the fused export only (optimize='fused')")
     if attention is None and optimize == "fused":
@@ -197,7 +206,7 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
             _consolidate(graph_dir / GRAPH_NAME)
             _name_output_dims(graph_dir / GRAPH_NAME, kind, module.model.config.hidden_size)
         if dtype == "int8":
-            extra.update(_quantize(graph_dir / GRAPH_NAME))
+            extra.update(_quantize(graph_dir / GRAPH_NAME, kind, module, *int8))
         for file in graph_dir.iterdir():
             file.rename(tmp / file.name)
         graph_dir.rmdir()
@@ -217,13 +226,50 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
     return ExportResult(out, manifest, report)
 
 
-def _quantize(graph: Path) -> dict:
-    from embedrank.export.quantize import DEFAULT_RECIPE, quantize_in_place
+def _int8_plan(kind: str, dtype: str, recipe: str | None, calibration) -> tuple:
+    """(recipe, calibration texts): checked before anything is exported."""
+    if dtype != "int8":
+        if recipe is not None or calibration is not None:
+            raise InputError("int8_recipe / calibration apply to dtype='int8' only")
+        return None, None
+    from embedrank.export.quantize import DEFAULT_RECIPE, get_recipe
+    from embedrank.export.smooth import read_calibration_texts
+
+    chosen = get_recipe(recipe or DEFAULT_RECIPE)
+    if chosen.smooth is not None and calibration is None:
+        raise InputError(f"int8 recipe {chosen.name!r} smooths activations: pass a calibration "
+                         'file (--calibration FILE.jsonl, lines {"text": ...} or {"query": ...})')
+    if calibration is not None and chosen.smooth is None:
+        raise InputError(f"int8 recipe {chosen.name!r} takes no calibration texts")
+    texts = read_calibration_texts(calibration) if calibration is not None else None
+    if texts is not None and kind == "reranker" and not all(texts):
+        raise InputError("reranker calibration needs both documents ({\"text\": ...}) and queries "
+                         '({"query": ...}): each document is scored against one of the queries')
+    return chosen, texts
+
+
+def _calibration_ids(kind: str, module, texts: tuple[list[str], list[str]]) -> list[list[int]]:
+    """Calibration texts tokenized as the runtime formats them (queries with the instruction)."""
+    docs, queries = texts
+    if kind == "embedder":
+        return ((module.tokenize_documents(docs) if docs else [])
+                + (module.tokenize_queries(queries) if queries else []))
+    return [ids for i, doc in enumerate(docs)
+            for ids in module.tokenize(queries[i % len(queries)], [doc])]
+
+
+def _quantize(graph: Path, kind: str, module, recipe, texts) -> dict:
+    from embedrank.export.quantize import quantize_in_place
 
     size = sum(p.stat().st_size for p in graph.parent.iterdir())
-    result = quantize_in_place(graph, DEFAULT_RECIPE,
-                               external_data=size // 2 >= EXTERNAL_DATA_THRESHOLD)
-    return {"int8_recipe": result.recipe, "int8_kept_fp32": result.kept_fp32}
+    calibration = _calibration_ids(kind, module, texts) if texts is not None else None
+    result = quantize_in_place(graph, recipe, external_data=size // 2 >= EXTERNAL_DATA_THRESHOLD,
+                               calibration=calibration)
+    extra = {"int8_recipe": result.recipe, "int8_kept_fp32": result.kept_fp32}
+    if texts is not None:
+        extra.update(int8_smoothed=result.smoothed,
+                     int8_calibration={"documents": len(texts[0]), "queries": len(texts[1])})
+    return extra
 
 
 def _verify(kind, tmp: Path, src, module, dtype, device, trust_remote_code):

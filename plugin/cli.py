@@ -50,6 +50,11 @@ def _export_options(fn):
                      help="Fused attention: gqa = GroupQueryAttention on right-padded batches, "
                           "mha = MultiHeadAttention on left-padded ones [default: gqa; mha for "
                           "fp32 on cuda]."),
+        click.option("--int8-recipe", default=None,
+                     help="With --dtype int8: a recipe of docs/int8.md [default: int8-block32]."),
+        click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help='With a smooth-* int8 recipe: JSONL calibration texts, {"text": ...} '
+                          'or {"query": ...} per line.'),
         click.option("--device", default="cpu", show_default=True,
                      help="Where to trace and verify: cpu or cuda."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),
@@ -62,15 +67,15 @@ def _export_options(fn):
     return fn
 
 
-def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, attention, device,
-                no_verify, overwrite, trust_remote_code) -> None:
+def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, attention, int8_recipe,
+                calibration, device, no_verify, overwrite, trust_remote_code) -> None:
     from embedrank.export import export_model
 
     click.echo(f"exporting {kind} {src} -> {out} ({dtype}) ...", err=True)
     result = export_model(kind, src, out, dtype=dtype, opset=opset, max_length=max_length,
                           verify=not no_verify, overwrite=overwrite, device=device,
                           trust_remote_code=trust_remote_code, optimize=optimize,
-                          attention=attention)
+                          attention=attention, int8_recipe=int8_recipe, calibration=calibration)
     if result.parity is not None:
         click.echo(result.parity.table())
     click.echo(f"wrote {result.out} (fingerprint {result.manifest.fingerprint[:16]})")
