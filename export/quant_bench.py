@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing-texts", type=int, default=128,
                         help="queries and documents (each) in a timing round")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (0: quality only)")
+    parser.add_argument("--fused-fp32", action="store_true",
+                        help="add a row for the fused fp32 graph (the fp32 export default)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep variants an earlier run in --work made the same way")
     parser.add_argument("--timing-only", action="store_true",
@@ -315,13 +317,20 @@ def main(argv: list[str] | None = None) -> None:
     set_pooled_token(fp32_dir, args.pooled_token or EOT_TOKEN)
     rows = [torch_row(src, args.token_budget, args.pooled_token),
             onnx_row("onnx fp32 (torchscript)", fp32_dir, args.token_budget, args.threads)]
+    outs: list[Path] = [fp32_dir]
+    if args.fused_fp32:  # the fp32 export default (fused contrib ops), for reference
+        fused_dir = args.work / "fp32-fused"
+        if not (fused_dir / "embedrank.json").exists():
+            export_model("embedder", str(src), fused_dir, max_length=512, overwrite=True)
+        set_pooled_token(fused_dir, args.pooled_token or EOT_TOKEN)
+        rows.append(onnx_row("onnx fp32 (fused)", fused_dir, args.token_budget, args.threads))
+        outs.append(fused_dir)
     calibration = None
     if any(r.smooth is not None for r in recipes):
         cal_docs, cal_queries = calibration_texts(args.calibration, data, args.calibration_texts)
         calibration = calibration_ids(fp32_dir, cal_docs, cal_queries)
         print(f"calibration: {len(cal_docs)} documents + {len(cal_queries)} queries "
               f"({sum(map(len, calibration))} tokens) from {args.calibration}", flush=True)
-    outs: list[Path] = []
     for number, recipe in enumerate(recipes):
         out = args.work / f"v{number}-{re.sub(r'[^A-Za-z0-9_.=+-]', '_', recipe.name)[:60]}"
         seconds = make_variant(fp32_dir, out, recipe, calibration, args.reuse)
@@ -334,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
                                      args.pooled_token, texts]).encode()).hexdigest()[:16]
     rows[0].cache = args.work / f"reference-{key}.npz"
     if args.reuse:  # a variant directory is rebuilt (cache included) when its graph changes
-        for row, out in zip(rows[1:], [fp32_dir, *outs], strict=True):
+        for row, out in zip(rows[1:], outs, strict=True):
             row.cache = out / f"quality-{texts}-{read_manifest(out).fingerprint[:12]}.npz"
     measure(rows, queries, docs, args.timing_texts, args.rounds, quality=not args.timing_only)
     tokens = rows[0].embed.count(queries[:args.timing_texts], docs[:args.timing_texts])
