@@ -272,7 +272,7 @@ def measure_fixed_only(fn, work: dict) -> float:
 
 # ---------------------------------------------------------------- driver
 def prepare(work_dir: Path, tokenizer: Path, only: str | None = None) -> dict:
-    """Random-weight checkpoint + the three fused / unfused exports (with their parity reports)."""
+    """Random-weight checkpoint + the exports named in ``only`` (all of EXPORTS by default)."""
     import torch
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
@@ -327,6 +327,14 @@ def _subprocess(args: list[str], work_dir: Path) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def needed_exports(variants: str) -> str:
+    """The exports the ONNX variants in ``variants`` read (the reranker with the default one)."""
+    names = [v for v in variants.split(",") if v in EXPORTS]
+    if "onnx-fused-fp16" in names:
+        names.append("onnx-fused-fp16-reranker")
+    return ",".join(names)
+
+
 def floors() -> dict:
     per_token = linear_flops_per_token()
     rerank_tokens = RERANK[0] * RERANK[1]
@@ -357,7 +365,8 @@ def main(argv=None) -> None:
         return
     out = json.loads(a.json.read_text()) if a.json and a.json.exists() else {}
     if a.step in ("all", "prepare"):
-        out["exports"] = prepare(a.work, a.tokenizer, a.exports)
+        out["exports"] = prepare(a.work, a.tokenizer, a.exports or (
+            needed_exports(a.only) if a.step == "all" else None))
     for name in a.only.split(",") if a.step == "all" else []:
         print(f"variant {name} ...", file=sys.stderr, flush=True)
         out.setdefault("variants", {})[name] = _subprocess(["variant", name], a.work)

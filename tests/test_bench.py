@@ -91,3 +91,12 @@ def test_json_holds_only_measured_sections():
             "ingest": {"docs_per_s": 1.0, "embed_only_docs_per_s": 2.0}, "sweep": {}}
     assert summary(full) == {"device": "cpu", "model": "m", "embed": {"onnx": {}},
                              "ingest": {"docs_per_s": 1.0, "embed_only_docs_per_s": 2.0}}
+
+
+def test_gpu_bench_prepares_only_the_exports_its_variants_read():
+    from embedrank.export.gpu_bench import needed_exports
+
+    assert needed_exports("onnx-fused-fp16,torch-compile-bf16") == \
+        "onnx-fused-fp16,onnx-fused-fp16-reranker"
+    assert needed_exports("onnx-fused-mha-fp16,torch-eager-bf16") == "onnx-fused-mha-fp16"
+    assert needed_exports("torch-compile-bf16") == ""
