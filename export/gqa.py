@@ -133,8 +133,10 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
                         f"{getattr(config, 'num_hidden_layers', '?')} layers")
     if any(abs(getattr(m, "scaling", m.head_dim ** -0.5) - m.head_dim ** -0.5) > 1e-9 for m in found):
         problems.append("an attention scale other than 1/sqrt(head_dim)")
-    if getattr(config, "use_sliding_window", False) or getattr(config, "layer_types", None) and \
-            any(t != "full_attention" for t in config.layer_types):
+    windowed = (getattr(config, "sliding_window", None) is not None
+                and getattr(config, "use_sliding_window", True))  # Qwen2/3 carry a disabled one
+    if windowed or any(getattr(m, "sliding_window", None) is not None for m in found) or any(
+            t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
         problems.append("sliding-window layers")
     if problems:
         raise FusionError(f"cannot export this model's attention as GroupQueryAttention "

@@ -161,11 +161,16 @@ def test_gqa_export_refuses_sliding_window_and_scaled_rope(tiny_ckpt):
     from embedrank.train.modeling import Embedder
 
     module = Embedder.from_pretrained(str(tiny_ckpt), dtype=torch.float32, device="cpu")
-    module.model.config.use_sliding_window = True
+    module.model.config.use_sliding_window, module.model.config.sliding_window = True, 4096
     with pytest.raises(FusionError, match="sliding-window"):
         with gqa_attention(module.model, 64, torch.float32, "cpu"):
             pass
     module.model.config.use_sliding_window = False
+    module.model.layers[0].self_attn.sliding_window = 4096  # a Mistral-style window
+    with pytest.raises(FusionError, match="sliding-window"):
+        with gqa_attention(module.model, 64, torch.float32, "cpu"):
+            pass
+    module.model.layers[0].self_attn.sliding_window = None
     module.model.layers[1].self_attn.scaling = 0.5
     with pytest.raises(FusionError, match="attention scale"):
         with gqa_attention(module.model, 64, torch.float32, "cpu"):
