@@ -146,7 +146,33 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
-def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
+def resolve_variant(device: str, dtype: str | None = None, optimize: str | None = None,
+                    attention: str | None = None) -> tuple[str, str, str | None]:
+    """(dtype, optimize, attention) with the defaults of ``device``: the fastest variant that
+    passes parity (docs/performance.md, docs/bench.md, docs/int8.md).
+
+    CUDA: fp16, fused, GroupQueryAttention. CPU: fp32 (no int8 recipe meets the ranking bar),
+    fused, GroupQueryAttention. int8 starts from the TorchScript graph (its recipes select
+    layers by that graph's node names); fp32 on CUDA uses MultiHeadAttention (GroupQueryAttention
+    has fp16 / bf16 CUDA kernels only).
+    """
+    dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    optimize = optimize or ("none" if dtype == "int8" else "fused")
+    if optimize not in OPTIMIZE:
+        raise InputError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
+    if dtype == "int8" and optimize == "fused":
+        raise InputError("--dtype int8 starts from the TorchScript graph (its recipes select layers "
+                         "by that graph's node names): drop --optimize fused")
+    if attention is not None and optimize != "fused":
+        raise InputError("attention applies to the fused export only (optimize='fused')")
+    if attention is None and optimize == "fused":
+        attention = "mha" if device.startswith("cuda") and dtype == "fp32" else "gqa"
+    return dtype, optimize, attention
+
+
+def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = None,
                  opset: int | None = None, max_length: int | None = None, verify: bool = True,
                  overwrite: bool = False, device: str = "cpu", trust_remote_code: bool = False,
                  optimize: str | None = None, attention: str | None = None,
@@ -154,6 +180,7 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
                  ) -> ExportResult:
     """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``.
 
+    Defaults per device: :func:`resolve_variant` (``dtype``: fp16 on CUDA, fp32 on CPU).
     ``optimize``: "fused" (dynamo export + ONNX Runtime contrib-op fusions, see
     :mod:`embedrank.export.fused`) or "none" (TorchScript export, unfused); default "fused",
     "none" for int8. A failed fusion raises; it never falls back to "none" by itself.
@@ -165,21 +192,8 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str = "fp32",
     """
     if kind not in OUTPUT_NAMES:
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
-    if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    # fused is the faster graph on both devices (docs/performance.md, docs/bench.md); the int8
-    # recipes select layers by the TorchScript graph's node names, so int8 starts from that one
-    optimize = optimize or ("none" if dtype == "int8" else "fused")
-    if optimize not in OPTIMIZE:
-        raise InputError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
+    dtype, optimize, attention = resolve_variant(device, dtype, optimize, attention)
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
-    if dtype == "int8" and optimize == "fused":
-        raise InputError("--dtype int8 starts from the TorchScript graph (its recipes select layers "
-                         "by that graph's node names): drop --optimize fused")
-    if attention is not None and optimize != "fused":
-        raise InputError("attention applies to the fused export only (optimize='fused')")
-    if attention is None and optimize == "fused":
-        attention = "mha" if device.startswith("cuda") and dtype == "fp32" else "gqa"
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
     _prepare_out(out, overwrite)

@@ -37,8 +37,9 @@ def _export_options(fn):
     options = [
         click.argument("src"),
         click.argument("out", type=click.Path(file_okay=False)),
-        click.option("--dtype", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
-                     show_default=True, help="Weights and compute precision of the graph."),
+        click.option("--dtype", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+                     help="Weights and compute precision of the graph [default: fp16 on cuda, "
+                          "fp32 on cpu]."),
         click.option("--max-length", type=int, default=None,
                      help="Token limit stored in the manifest [default: min(8192, model limit)]."),
         click.option("--opset", type=int, default=None,
@@ -71,7 +72,7 @@ def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, attenti
                 calibration, device, no_verify, overwrite, trust_remote_code) -> None:
     from embedrank.export import export_model
 
-    click.echo(f"exporting {kind} {src} -> {out} ({dtype}) ...", err=True)
+    click.echo(f"exporting {kind} {src} -> {out} ({dtype or 'device default dtype'}) ...", err=True)
     result = export_model(kind, src, out, dtype=dtype, opset=opset, max_length=max_length,
                           verify=not no_verify, overwrite=overwrite, device=device,
                           trust_remote_code=trust_remote_code, optimize=optimize,

@@ -193,3 +193,17 @@ def test_compare_runs_exports_side_by_side(mha_embedder, fused_embedder, tiny_ck
     assert all(r["min_cosine"] > 0.99999 for r in rows)  # same embeddings, left vs right padded
     main([str(mha_embedder.out), "--docs", "4", "--lengths", "4:8", "--rounds", "1"])
     assert "| mha (fused, mha) |" in capsys.readouterr().out
+
+
+def test_export_defaults_per_device():
+    from embedrank.export.onnx import resolve_variant
+
+    assert resolve_variant("cuda") == ("fp16", "fused", "gqa")
+    assert resolve_variant("cuda:1", "fp32") == ("fp32", "fused", "mha")  # GQA: no fp32 CUDA kernel
+    assert resolve_variant("cpu") == ("fp32", "fused", "gqa")
+    assert resolve_variant("cpu", "int8") == ("int8", "none", None)
+    assert resolve_variant("cpu", "fp16", "none") == ("fp16", "none", None)
+    with pytest.raises(InputError, match="attention applies to the fused export only"):
+        resolve_variant("cpu", "fp32", "none", "gqa")
+    with pytest.raises(InputError, match="dtype must be one of"):
+        resolve_variant("cpu", "bf8")
