@@ -254,27 +254,23 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
                                      "onnx-ir), or export with --optimize none") from None
     if attention not in ATTENTIONS:
         raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    ids, mask = _example_inputs(module, device, "left" if attention == "mha" else "right")
+    gqa = attention == "gqa"
+    ids, mask = _example_inputs(module, device, "right" if gqa else "left")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    translation = None
-    if attention.startswith("gqa"):
-        dtype = next(module.model.parameters()).dtype
-        context = gqa_attention(module.model, max_positions, dtype, device)
-        translation = ONNX_TRANSLATION
-    else:
-        context = _exportable_attention(module.model)
+    context = (gqa_attention(module.model, max_positions, next(module.model.parameters()).dtype,
+                             device) if gqa else _exportable_attention(module.model))
     with warnings.catch_warnings(), torch.no_grad(), context as state:
         warnings.simplefilter("ignore")
-        if attention.startswith("gqa"):
+        if gqa:
             graph = RightPaddedGraph(graph, state)
         program = torch.onnx.export(
             graph, (ids, mask), input_names=["input_ids", "attention_mask"],
             dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), dynamo=True,
             opset_version=opset, optimize=False, verbose=False,
-            custom_translation_table=translation)
+            custom_translation_table=ONNX_TRANSLATION if gqa else None)
         model = program.model
         _optimize_for_ort(model)
-        if attention == "mha":
+        if not gqa:
             _fuse_rotary(model, max_positions)
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]

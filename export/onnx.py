@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from embedrank.errors import InputError, ParityError
-from embedrank.export.fused import FUSED_OPSET, export_fused
+from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
 from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids
@@ -167,6 +167,8 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
                          "by that graph's node names): drop --optimize fused")
     if attention is not None and optimize != "fused":
         raise InputError("attention applies to the fused export only (optimize='fused')")
+    if attention is not None and attention not in ATTENTIONS:
+        raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if attention is None and optimize == "fused":
         attention = "mha" if device.startswith("cuda") and dtype == "fp32" else "gqa"
     return dtype, optimize, attention

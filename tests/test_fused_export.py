@@ -207,3 +207,5 @@ def test_export_defaults_per_device():
         resolve_variant("cpu", "fp32", "none", "gqa")
     with pytest.raises(InputError, match="dtype must be one of"):
         resolve_variant("cpu", "bf8")
+    with pytest.raises(InputError, match="attention must be one of"):
+        resolve_variant("cuda", None, None, "flash")
