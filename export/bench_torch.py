@@ -61,13 +61,17 @@ class TorchBackend:
 
     @torch.inference_mode()
     def _run(self, seqs: list[list[int]]) -> np.ndarray:
-        outs = []
+        """Results in input order (the batches run longest first, as the runtime's do)."""
+        out = None
         for batch in plan_batches([len(s) for s in seqs], DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_BATCH):
             ids, mask = pad_left([seqs[i] for i in batch], self.module.pad_id)
             ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
             mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
-            outs.append(self.forward(ids, mask).float().cpu().numpy())
-        return np.concatenate(outs)
+            result = self.forward(ids, mask).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(seqs), *result.shape[1:]), dtype=np.float32)
+            out[batch] = result
+        return out
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self._run(self.module.tokenize_documents(texts))

@@ -30,37 +30,24 @@ def _onnx_runner(path: Path, threads: int):
     return lambda seqs: model._run(seqs, model.manifest.dim)
 
 
-def _torch_runner(ckpt: str, threads: int, token_budget: int, max_batch: int):
+def _torch_runner(ckpt: str, threads: int):
     import torch
 
-    from embedrank.formats import pad_left, plan_batches
-    from embedrank.train.modeling import Embedder
+    from embedrank.export.bench_torch import TorchBackend
 
     torch.set_num_threads(threads)
-    module = Embedder.from_pretrained(ckpt, dtype=torch.float32, device="cpu").eval()
-
-    @torch.inference_mode()
-    def run(seqs):
-        out = np.zeros((len(seqs), module.model.config.hidden_size), dtype=np.float32)
-        for batch in plan_batches([len(s) for s in seqs], token_budget, max_batch):
-            ids, mask = pad_left([seqs[i] for i in batch], module.pad_id)
-            out[batch] = module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        return out
-
-    return run
+    return TorchBackend("embedder", ckpt, "cpu")._run  # the runtime's batches, fp32 on CPU
 
 
 def compare(dirs: list[Path], torch_ckpt: str | None, *, docs: int = 256, lengths=(32, 512),
             rounds: int = 3, threads: int = 2, seed: int = 0) -> list[dict]:
     """Best-of-``rounds`` tokens/s per variant and cosine to the first row's embeddings."""
     from embedrank.manifest import read_manifest
-    from embedrank.plugin.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET
 
     first = read_manifest(dirs[0])
     runners = {}
     if torch_ckpt:
-        runners["pytorch eager fp32"] = _torch_runner(torch_ckpt, threads, DEFAULT_TOKEN_BUDGET,
-                                                      DEFAULT_MAX_BATCH)
+        runners["pytorch eager fp32"] = _torch_runner(torch_ckpt, threads)
     for path in dirs:
         m = read_manifest(path)
         label = f"{path.name} ({m.extra.get('optimize', '?')}"
