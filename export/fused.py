@@ -33,12 +33,14 @@ import torch
 from torch import nn
 
 from embedrank.errors import FusionError, InputError, MissingDependencyError, require
+from embedrank.export.cuda_rewrites import REWRITES
+from embedrank.export.cuda_rewrites import apply as apply_rewrites
 from embedrank.export.gqa import ONNX_TRANSLATION, RightPaddedGraph, gqa_attention
 
 FUSED_OPSET = 20
 # fused op type -> the onnxscript fusion counts that produce it
 FUSED_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
-             "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding")
+             "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "MoE")
 REQUIRED_OPS = ("SimplifiedLayerNormalization", "MultiHeadAttention")
 
 
@@ -241,10 +243,13 @@ def _initializer_bytes(model) -> int:
 
 def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: int, module,
                  device: str, opset: int = FUSED_OPSET, external_threshold: int,
-                 external_name: str, max_positions: int, attention: str = "gqa") -> dict[str, int]:
+                 external_name: str, max_positions: int, attention: str = "gqa",
+                 rewrites: tuple[str, ...] = ()) -> dict[str, int]:
     """Export ``graph`` fused to ``path`` (+ one external-data file when large); return op counts.
 
     ``attention="gqa"`` writes a right-padded graph, ``"mha"`` a left-padded one.
+    ``rewrites`` (GQA only): names of :data:`embedrank.export.cuda_rewrites.REWRITES`; the
+    q / k norms move into GroupQueryAttention only for ``device="cuda"`` (CUDA-only kernel).
     """
     try:
         ir = require("onnx_ir", "train")
@@ -255,6 +260,9 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
     if attention not in ATTENTIONS:
         raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     gqa = attention == "gqa"
+    unknown = [r for r in rewrites if r not in REWRITES]
+    if unknown or (rewrites and not gqa):
+        raise InputError(f"rewrites must be a subset of {REWRITES} on the GQA graph, got {rewrites!r}")
     ids, mask = _example_inputs(module, device, "right" if gqa else "left")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     context = (gqa_attention(module.model, max_positions, next(module.model.parameters()).dtype,
@@ -272,6 +280,10 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
         _optimize_for_ort(model)
         if not gqa:
             _fuse_rotary(model, max_positions)
+    rewritten = apply_rewrites(model, rewrites, fold_norms=device.startswith("cuda"))
+    if not all(n for name, n in rewritten.items() if name in rewrites):
+        raise FusionError(f"rewrite found nothing to rewrite in this {kind}: {rewritten} (qkv with "
+                          "q/k norms needs device='cuda': ONNX Runtime runs the in-op norm on CUDA only)")
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]
     if counts["GroupQueryAttention"]:  # the other fused attention
@@ -284,4 +296,4 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
     _fix_output_shape(model, kind, dim)
     external = _initializer_bytes(model) >= external_threshold
     ir.save(model, str(path), external_data=external_name if external else None)
-    return counts
+    return {**counts, **{f"rewrite_{name}": n for name, n in rewritten.items()}}

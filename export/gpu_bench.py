@@ -45,11 +45,15 @@ if DRY_RUN:
     ARCH = {**ARCH, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
     FIXED, VARIABLE, RERANK = (8, 32), (40, 8, 64), (10, 32)
-# name -> (kind, optimize, attention); "onnx-fused-fp16" is the export default on CUDA (GQA)
-EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None),
-           "onnx-fused-fp16": ("embedder", "fused", "gqa"),
-           "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa"),
-           "onnx-fused-mha-fp16": ("embedder", "fused", "mha")}
+# name -> (kind, optimize, attention, rewrites); "onnx-fused-fp16" is the export default on CUDA
+# (rewrites None: the device default, packed QKV)
+EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None, ()),
+           "onnx-fused-fp16": ("embedder", "fused", "gqa", None),
+           "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa", None),
+           "onnx-fused-plain-fp16": ("embedder", "fused", "gqa", ()),  # no rewrites (before qkv)
+           "onnx-fused-plain-fp16-reranker": ("reranker", "fused", "gqa", ()),
+           "onnx-fused-mha-fp16": ("embedder", "fused", "mha", ()),
+           "onnx-fused-moe-fp16": ("embedder", "fused", "gqa", ("qkv", "moe"))}
 VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
 
 
@@ -222,23 +226,26 @@ def run_variant(name: str, work_dir: Path) -> dict:
     pad = meta["pad"]
     work = workloads(meta["eot"])
     res: dict = {"variant": name}
-    if name.startswith("onnx"):
+    if name in EXPORTS:
         model_dir = work_dir / name
         res.update(measure(onnx_backend(model_dir, pad), work))
         res["fixed_tokens_per_s_no_io_binding"] = measure_fixed_only(
             onnx_backend(model_dir, pad, io_binding=False), work)
-        if name == "onnx-fused-fp16":
+        if EXPORTS[name][2] == "gqa":
             from embedrank.export.gpu_probes import kernel_profile, memory_probe
 
             res["kernels"] = kernel_profile(onnx_backend(model_dir, pad), work["fixed"])
             res["memory"] = memory_probe(model_dir, work["fixed"], pad)
-            rr = onnx_backend(work_dir / "onnx-fused-fp16-reranker", pad)
+        if (work_dir / f"{name}-reranker").is_dir():
+            rr = onnx_backend(work_dir / f"{name}-reranker", pad)
             for budget in (BUDGET, 32768):
                 res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
-            from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
+    elif name == "onnx-probes":  # CUDA graphs and TensorRT on the default export
+        from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
 
-            res["cuda_graph"] = cuda_graph_probe(model_dir, work, pad)
-            res["tensorrt"] = tensorrt_probe()
+        res["cuda_graph"] = cuda_graph_probe(work_dir / "onnx-fused-fp16", work, pad)
+        res["tensorrt"] = tensorrt_probe()
+        return res
     elif name == "torch-eager-bf16":
         res.update(measure(torch_backend(ckpt, pad, False), work, modes=("sorted", "arrival64")))
         res["rerank"] = reranker_heads(ckpt, work, pad)
@@ -306,11 +313,11 @@ def prepare(work_dir: Path, tokenizer: Path, only: str | None = None) -> dict:
 def run_export(name: str, work_dir: Path) -> dict:
     from embedrank.export import export_model
 
-    kind, optimize, attention = EXPORTS[name]
+    kind, optimize, attention, rewrites = EXPORTS[name]
     start = time.perf_counter()
     result = export_model(kind, str(work_dir / "ckpt"), work_dir / name,
                           dtype="fp32" if DRY_RUN else "fp16", device=DEVICE, optimize=optimize,
-                          attention=attention, overwrite=True)
+                          attention=attention, rewrites=rewrites, overwrite=True)
     size = sum(f.stat().st_size for f in (work_dir / name).iterdir())
     return {"seconds": time.perf_counter() - start, "parity": result.parity.to_dict(),
             "manifest_extra": result.manifest.extra, "opset": result.manifest.opset,
@@ -328,11 +335,12 @@ def _subprocess(args: list[str], work_dir: Path) -> dict:
 
 
 def needed_exports(variants: str) -> str:
-    """The exports the ONNX variants in ``variants`` read (the reranker with the default one)."""
+    """The exports the ONNX variants in ``variants`` read (with their rerankers, where defined)."""
     names = [v for v in variants.split(",") if v in EXPORTS]
-    if "onnx-fused-fp16" in names:
-        names.append("onnx-fused-fp16-reranker")
-    return ",".join(names)
+    if "onnx-probes" in variants.split(","):
+        names.append("onnx-fused-fp16")
+    names += [f"{v}-reranker" for v in names if f"{v}-reranker" in EXPORTS]
+    return ",".join(dict.fromkeys(names))
 
 
 def floors() -> dict:

@@ -120,7 +120,27 @@ def _attention_forward(self, hidden_states, *args, **kwargs):
     state = self._embedrank_gqa
     out = torch.ops.embedrank.causal_gqa(query, key, self.v_proj(hidden_states), state["mask"],
                                          state["cos"], state["sin"], heads, kv_heads)
+    if getattr(self, "_embedrank_last", False):  # the last layer: only the pooled token goes on
+        out = _at_last_token(out, state)
     return self.o_proj(out), None
+
+
+def _at_last_token(x: torch.Tensor, state: dict) -> torch.Tensor:
+    """[B, S, C] -> [B, 1, C]: each right-padded row at its last real token."""
+    last = state["mask"].sum(-1) - 1
+    return x[torch.arange(x.shape[0], device=x.device), last][:, None]
+
+
+def _last_layer_forward(self, hidden_states, *args, **kwargs):
+    """The last decoder layer, for a graph that pools the last token: attention reads every
+    position, but o_proj, the residual adds, the norm and the MLP run on the pooled token only
+    (1 of S rows). Every position of the result holds that token's state, so the model's final
+    norm and last-token pooling read the same value as without the cut."""
+    residual = _at_last_token(hidden_states, self.self_attn._embedrank_gqa)
+    hidden, _ = self.self_attn(self.input_layernorm(hidden_states))
+    hidden = residual + hidden
+    hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
+    return hidden.expand(hidden_states.shape)
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -146,7 +166,9 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
 
 @contextmanager
 def gqa_attention(model: nn.Module, max_positions: int, dtype: torch.dtype, device):
-    """Within the block, every attention layer of ``model`` (a decoder) runs :func:`causal_gqa`.
+    """Within the block, every attention layer of ``model`` (a decoder) runs :func:`causal_gqa`,
+    and the last decoder layer runs the rest of its block at the pooled token only
+    (:func:`_last_layer_forward`: the graph pools the last token, so the other rows are unused).
 
     Yields a dict: set ``state["mask"]`` to the batch's [B, S] attention mask before each call.
     """
@@ -156,11 +178,25 @@ def gqa_attention(model: nn.Module, max_positions: int, dtype: torch.dtype, devi
     for module in modules:
         module._embedrank_gqa = state
         module.forward = types.MethodType(_attention_forward, module)
+    last = _last_layer(model, modules[-1])
+    last.self_attn._embedrank_last = True
+    last.forward = types.MethodType(_last_layer_forward, last)
     try:
         yield state
     finally:
         for module in modules:
             del module.forward, module._embedrank_gqa
+        del last.forward, last.self_attn._embedrank_last
+
+
+def _last_layer(model: nn.Module, attention: nn.Module) -> nn.Module:
+    """The decoder layer holding ``attention`` (a pre-norm block: norm, attention, norm, MLP)."""
+    parts = ("input_layernorm", "post_attention_layernorm", "mlp")
+    layer = next((m for m in model.modules() if getattr(m, "self_attn", None) is attention), None)
+    if layer is None or not all(hasattr(layer, p) for p in parts):
+        raise FusionError("cannot export this model's attention as GroupQueryAttention (its last "
+                          "decoder layer is not a pre-norm attention + MLP block); use --optimize none")
+    return layer
 
 
 class RightPaddedGraph(nn.Module):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from embedrank.errors import InputError, ParityError
+from embedrank.export.cuda_rewrites import REWRITES
 from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
@@ -147,14 +148,16 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def resolve_variant(device: str, dtype: str | None = None, optimize: str | None = None,
-                    attention: str | None = None) -> tuple[str, str, str | None]:
-    """(dtype, optimize, attention) with the defaults of ``device``: the fastest variant that
-    passes parity (docs/performance.md, docs/bench.md, docs/int8.md).
+                    attention: str | None = None, rewrites: tuple[str, ...] | None = None
+                    ) -> tuple[str, str, str | None, tuple[str, ...]]:
+    """(dtype, optimize, attention, rewrites) with the defaults of ``device``: the fastest
+    variant that passes parity (docs/performance.md, docs/bench.md, docs/int8.md).
 
-    CUDA: fp16, fused, GroupQueryAttention. CPU: fp32 (no int8 recipe meets the ranking bar),
-    fused, GroupQueryAttention. int8 starts from the TorchScript graph (its recipes select
-    layers by that graph's node names); fp32 on CUDA uses MultiHeadAttention (GroupQueryAttention
-    has fp16 / bf16 CUDA kernels only).
+    CUDA: fp16, fused, GroupQueryAttention with packed QKV and the q / k norms inside it
+    (rewrite "qkv"). CPU: fp32 (no int8 recipe meets the ranking bar), fused,
+    GroupQueryAttention. int8 starts from the TorchScript graph (its recipes select layers by
+    that graph's node names); fp32 on CUDA uses MultiHeadAttention (GroupQueryAttention has
+    fp16 / bf16 CUDA kernels only). The "moe" rewrite is never a default (slower, see docs).
     """
     dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if dtype not in DTYPES:
@@ -171,15 +174,22 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
         raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if attention is None and optimize == "fused":
         attention = "mha" if device.startswith("cuda") and dtype == "fp32" else "gqa"
-    return dtype, optimize, attention
+    if rewrites is None:
+        rewrites = ("qkv",) if attention == "gqa" and device.startswith("cuda") else ()
+    rewrites = tuple(rewrites)
+    if any(r not in REWRITES for r in rewrites) or len(set(rewrites)) != len(rewrites):
+        raise InputError(f"rewrites must be distinct names of {REWRITES}, got {rewrites!r}")
+    if rewrites and attention != "gqa":
+        raise InputError("graph rewrites apply to the fused GroupQueryAttention graph only")
+    return dtype, optimize, attention, rewrites
 
 
 def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = None,
                  opset: int | None = None, max_length: int | None = None, verify: bool = True,
                  overwrite: bool = False, device: str = "cpu", trust_remote_code: bool = False,
                  optimize: str | None = None, attention: str | None = None,
-                 int8_recipe: str | None = None, calibration: str | Path | None = None
-                 ) -> ExportResult:
+                 int8_recipe: str | None = None, calibration: str | Path | None = None,
+                 rewrites: tuple[str, ...] | None = None) -> ExportResult:
     """Export ``src`` (hub id or checkpoint dir) as a ``kind`` model directory at ``out``.
 
     Defaults per device: :func:`resolve_variant` (``dtype``: fp16 on CUDA, fp32 on CPU).
@@ -191,10 +201,12 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     recipes that smooth activations, a JSONL file of calibration texts (docs/int8.md).
     ``attention`` (fused only): "gqa" (right-padded GroupQueryAttention; the default) or "mha"
     (left-padded MultiHeadAttention; the default for fp32 on CUDA, where GQA has no kernel).
+    ``rewrites`` (GQA only): graph rewrites of :mod:`embedrank.export.cuda_rewrites`; default
+    ``("qkv",)`` on CUDA, none on CPU.
     """
     if kind not in OUTPUT_NAMES:
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
-    dtype, optimize, attention = resolve_variant(device, dtype, optimize, attention)
+    dtype, optimize, attention, rewrites = resolve_variant(device, dtype, optimize, attention, rewrites)
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
@@ -214,8 +226,11 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
                 dim=module.model.config.hidden_size, module=module, device=torch_device,
                 opset=opset, external_threshold=EXTERNAL_DATA_THRESHOLD,
                 external_name=EXTERNAL_DATA_NAME, max_positions=module.max_length,
-                attention=attention)
+                attention=attention, rewrites=rewrites)
             extra["attention"] = attention
+            extra["rewrites"] = list(rewrites)
+            if extra["fused_ops"].get("rewrite_qkv_norms"):
+                extra["requires_device"] = "cuda"  # ONNX Runtime's in-op q / k norm: CUDA only
         else:
             extra["exporter"] = "torch.onnx TorchScript"
             _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device, module)

@@ -51,6 +51,10 @@ def _export_options(fn):
                      help="Fused attention: gqa = GroupQueryAttention on right-padded batches, "
                           "mha = MultiHeadAttention on left-padded ones [default: gqa; mha for "
                           "fp32 on cuda]."),
+        click.option("--rewrites", default=None, metavar="LIST",
+                     help="Graph rewrites of the fused GQA graph, comma-separated: qkv (packed QKV, "
+                          "q/k norms in the op; CUDA), moe (MLP as one MoE op), or none "
+                          "[default: qkv on cuda, none on cpu]."),
         click.option("--int8-recipe", default=None,
                      help="With --dtype int8: a recipe of docs/int8.md [default: int8-block32]."),
         click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -68,18 +72,25 @@ def _export_options(fn):
     return fn
 
 
-def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, attention, int8_recipe,
-                calibration, device, no_verify, overwrite, trust_remote_code) -> None:
+def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, attention, rewrites,
+                int8_recipe, calibration, device, no_verify, overwrite, trust_remote_code) -> None:
     from embedrank.export import export_model
 
     click.echo(f"exporting {kind} {src} -> {out} ({dtype or 'device default dtype'}) ...", err=True)
     result = export_model(kind, src, out, dtype=dtype, opset=opset, max_length=max_length,
                           verify=not no_verify, overwrite=overwrite, device=device,
                           trust_remote_code=trust_remote_code, optimize=optimize,
-                          attention=attention, int8_recipe=int8_recipe, calibration=calibration)
+                          attention=attention, int8_recipe=int8_recipe, calibration=calibration,
+                          rewrites=_rewrites(rewrites))
     if result.parity is not None:
         click.echo(result.parity.table())
     click.echo(f"wrote {result.out} (fingerprint {result.manifest.fingerprint[:16]})")
+
+
+def _rewrites(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return () if text.strip() == "none" else tuple(r.strip() for r in text.split(",") if r.strip())
 
 
 @export.command("embedder")

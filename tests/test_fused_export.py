@@ -149,6 +149,7 @@ def test_gqa_reference_on_right_padding_equals_the_model_on_left_padding(torch_e
         with gqa_attention(module.model, 64, torch.float32, "cpu") as state:
             got = RightPaddedGraph(module, state)(*right)
         assert not hasattr(module.model.layers[0].self_attn, "_embedrank_gqa")  # restored
+        assert "forward" not in vars(module.model.layers[-1])  # the last-layer cut too
         np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-6)
         np.testing.assert_allclose(module(*left).numpy(), ref.numpy(), atol=0)
 
@@ -198,11 +199,19 @@ def test_compare_runs_exports_side_by_side(mha_embedder, fused_embedder, tiny_ck
 def test_export_defaults_per_device():
     from embedrank.export.onnx import resolve_variant
 
-    assert resolve_variant("cuda") == ("fp16", "fused", "gqa")
-    assert resolve_variant("cuda:1", "fp32") == ("fp32", "fused", "mha")  # GQA: no fp32 CUDA kernel
-    assert resolve_variant("cpu") == ("fp32", "fused", "gqa")
-    assert resolve_variant("cpu", "int8") == ("int8", "none", None)
-    assert resolve_variant("cpu", "fp16", "none") == ("fp16", "none", None)
+    assert resolve_variant("cuda") == ("fp16", "fused", "gqa", ("qkv",))
+    assert resolve_variant("cuda", rewrites=()) == ("fp16", "fused", "gqa", ())
+    assert resolve_variant("cuda:1", "fp32") == ("fp32", "fused", "mha", ())  # GQA: no fp32 kernel
+    assert resolve_variant("cpu") == ("fp32", "fused", "gqa", ())
+    assert resolve_variant("cpu", rewrites=("moe",)) == ("fp32", "fused", "gqa", ("moe",))
+    assert resolve_variant("cpu", "int8") == ("int8", "none", None, ())
+    assert resolve_variant("cpu", "fp16", "none") == ("fp16", "none", None, ())
+    with pytest.raises(InputError, match="rewrites must be distinct names"):
+        resolve_variant("cuda", rewrites=("qkv", "qkv"))
+    with pytest.raises(InputError, match="rewrites must be distinct names"):
+        resolve_variant("cuda", rewrites=("swiglu",))
+    with pytest.raises(InputError, match="GroupQueryAttention graph only"):
+        resolve_variant("cpu", attention="mha", rewrites=("moe",))
     with pytest.raises(InputError, match="attention applies to the fused export only"):
         resolve_variant("cpu", "fp32", "none", "gqa")
     with pytest.raises(InputError, match="dtype must be one of"):

@@ -34,9 +34,13 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Hidden state at each row's last real token (works for left and right padding)."""
+    """Hidden state at each row's last real token (works for left and right padding).
+
+    The argmax runs on floats: ONNX Runtime's CUDA ArgMax has no int64 kernel, and a CPU node
+    in the exported graph would rule out CUDA graphs (exact for lengths below 2**24).
+    """
     steps = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    last = (steps[None, :] * attention_mask).argmax(-1)
+    last = (steps[None, :] * attention_mask).float().argmax(-1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 

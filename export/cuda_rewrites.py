@@ -1,0 +1,194 @@
+"""Graph rewrites of the fused GroupQueryAttention graph for ONNX Runtime's CUDA kernels.
+
+The fused export leaves, per layer, three q / k / v ``MatMul`` s, two per-head q / k
+RMSNorms (Qwen3) and a gate / up / down MLP whose SiLU and gating product ONNX Runtime runs
+as separate element-wise kernels. The kernel profile (docs/performance.md) puts the gap to
+``torch.compile`` in exactly those element-wise passes. Two rewrites, each an exact
+re-expression of the graph (same weights, same arithmetic up to rounding order):
+
+* ``"qkv"`` (:func:`pack_qkv`): one ``MatMul`` against the concatenated q / k / v weights
+  feeds GroupQueryAttention's packed-QKV input; the q / k norms move into the op
+  (``q_norm_weight`` / ``k_norm_weight``: its unpack kernel normalizes, rotates and lays out
+  Q / K in one pass), and the ``present_key`` / ``present_value`` outputs nobody reads are
+  dropped. ONNX Runtime implements the in-op q / k norm on CUDA only (the CPU provider
+  rejects it), so with ``fold_norms=False`` a model with q / k norms keeps its graph.
+* ``"moe"`` (:func:`mlp_as_moe`): the MLP ``down(silu(gate(x)) * up(x))`` becomes one
+  ``com.microsoft.MoE`` node with a single expert (router of zeros: softmax weight 1), the
+  gate and up weights interleaved into one fused-SwiGLU projection (``swiglu_fusion=1``,
+  the layout both the CPU and CUDA kernels accept).
+
+Each function returns how many sites it rewrote; unused nodes and initializers are removed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MS = "com.microsoft"
+REWRITES = ("qkv", "moe")
+
+
+def _const(value) -> np.ndarray | None:
+    return None if value is None or value.const_value is None else value.const_value.numpy()
+
+
+def _producer(value, op_type: str):
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type else None
+
+
+def _only_use(value) -> bool:
+    return len(value.uses()) == 1 and not value.is_graph_output()
+
+
+def _initializer(graph, name: str, array: np.ndarray):
+    import onnx_ir as ir
+
+    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _projection(value):
+    """value = MatMul(x, W) or Reshape(SLN(Reshape(MatMul(x, W)), w)): (matmul, norm or None)."""
+    matmul = _producer(value, "MatMul")
+    if matmul is not None:
+        return matmul, None
+    outer = _producer(value, "Reshape")
+    norm = _producer(outer.inputs[0], "SimplifiedLayerNormalization") if outer else None
+    inner = _producer(norm.inputs[0], "Reshape") if norm else None
+    matmul = _producer(inner.inputs[0], "MatMul") if inner else None
+    if matmul is None or not all(_only_use(v) for v in (inner.outputs[0], norm.outputs[0],
+                                                        matmul.outputs[0])):
+        return None, None
+    return matmul, norm
+
+
+def pack_qkv(model, fold_norms: bool = True) -> tuple[int, int]:
+    """q / k / v projections -> one MatMul into GroupQueryAttention's packed input (see module).
+
+    Returns (layers packed, of which with the q / k norms moved into the op).
+    """
+    import onnx_ir as ir
+
+    graph, count, folded = model.graph, 0, 0
+    for gqa in [n for n in graph if n.op_type == "GroupQueryAttention" and n.domain == MS]:
+        inputs = list(gqa.inputs)
+        if len(inputs) < 9 or inputs[1] is None or any(v is not None for v in inputs[3:5] + inputs[9:]):
+            continue
+        (q_mm, q_norm), (k_mm, k_norm) = (_projection(v) for v in inputs[:2])
+        v_mm = _producer(inputs[2], "MatMul") if _only_use(inputs[2]) else None
+        mms = (q_mm, k_mm, v_mm)
+        weights = [_const(m.inputs[1]) if m is not None else None for m in mms]
+        if any(w is None or w.ndim != 2 for w in weights) or len({m.inputs[0] for m in mms}) != 1:
+            continue
+        if (q_norm is None) != (k_norm is None) or (q_norm is not None and not fold_norms):
+            continue
+        norms, attrs = [], {name: attr.value for name, attr in gqa.attributes.items()}
+        if q_norm is not None:
+            eps = {n.attributes["epsilon"].value for n in (q_norm, k_norm) if "epsilon" in n.attributes}
+            scales = [_const(n.inputs[1]) for n in (q_norm, k_norm)]
+            if len(eps) != 1 or any(s is None or s.ndim != 1 for s in scales):
+                continue
+            norms = [_initializer(graph, f"{gqa.name or 'gqa'}_{count}_{w}_norm", s.astype(weights[0].dtype))
+                     for w, s in zip("qk", scales, strict=True)]
+            attrs["qk_norm_epsilon"] = float(eps.pop())
+            folded += 1
+        packed = _initializer(graph, f"{q_mm.inputs[1].name}_qkv_{count}", np.concatenate(weights, axis=1))
+        matmul = ir.node("MatMul", [q_mm.inputs[0], packed], name=f"{gqa.name}_packed_qkv")
+        fused = ir.node("GroupQueryAttention", [matmul.outputs[0], None, None, *inputs[3:9],
+                                                *([None] * 5 + norms if norms else [])],
+                        attributes=attrs, domain=MS, num_outputs=len(gqa.outputs), name=gqa.name)
+        graph.insert_before(gqa, [matmul, fused])
+        for old, new in zip(gqa.outputs, fused.outputs, strict=True):
+            old.replace_all_uses_with(new)
+        fused.outputs[0].dtype, fused.outputs[0].shape = gqa.outputs[0].dtype, gqa.outputs[0].shape
+        graph.remove(gqa, safe=True)
+        count += 1
+    _cleanup(model)
+    return count, folded
+
+
+def _silu_gate(value):
+    """value = Mul(Mul(g, Sigmoid(g)), u) in either operand order: (g, u) or None."""
+    mul = _producer(value, "Mul")
+    if mul is None:
+        return None
+    for silu, up in (mul.inputs, mul.inputs[::-1]):
+        inner = _producer(silu, "Mul")
+        if inner is None or not _only_use(silu):
+            continue
+        for gate, sig in (inner.inputs, inner.inputs[::-1]):
+            sigmoid = _producer(sig, "Sigmoid")
+            if sigmoid is not None and sigmoid.inputs[0] is gate and _only_use(sig):
+                return gate, up
+    return None
+
+
+def _router(graph, first, dtype):
+    """Zeros [tokens, 1] in ``dtype`` for a single-expert MoE, built from ``first``'s shape."""
+    import onnx_ir as ir
+
+    shape = ir.node("Shape", [first], attributes={"end": -1})
+    tokens = ir.node("ReduceProd", [shape.outputs[0]], attributes={"keepdims": 1})
+    one = graph.initializers.get("moe_router_one") or _initializer(graph, "moe_router_one",
+                                                                   np.array([1], np.int64))
+    dims = ir.node("Concat", [tokens.outputs[0], one], attributes={"axis": 0})
+    zero = ir.tensor(np.zeros(1, dtype=dtype.numpy()), name="zero")
+    router = ir.node("ConstantOfShape", [dims.outputs[0]], attributes={"value": zero})
+    return [shape, tokens, dims, router]
+
+
+def mlp_as_moe(model) -> int:
+    """SwiGLU MLPs -> one single-expert ``com.microsoft.MoE`` each (see module)."""
+    graph, count = model.graph, 0
+    for down in [n for n in graph if n.op_type == "MatMul"]:
+        gated = _silu_gate(down.inputs[0]) if _only_use(down.inputs[0]) else None
+        if gated is None:
+            continue
+        gate_mm, up_mm = _producer(gated[0], "MatMul"), _producer(gated[1], "MatMul")
+        if gate_mm is None or up_mm is None or gate_mm.inputs[0] is not up_mm.inputs[0]:
+            continue
+        w_gate, w_up, w_down = (_const(m.inputs[1]) for m in (gate_mm, up_mm, down))
+        if any(w is None or w.ndim != 2 for w in (w_gate, w_up, w_down)):
+            continue
+        x = gate_mm.inputs[0]
+        fc1 = np.stack([w_gate.T, w_up.T], axis=1).reshape(1, -1, w_gate.shape[0])  # rows g0 u0 g1 u1..
+        nodes = _router(graph, x, x.dtype)  # per site: the last layer runs on the pooled rows only
+        graph.insert_before(gate_mm, nodes)
+        router = nodes[-1].outputs[0]
+        import onnx_ir as ir
+
+        moe = ir.node("MoE", [x, router, _initializer(graph, f"{down.inputs[1].name}_fc1_{count}", fc1), None,
+                              _initializer(graph, f"{down.inputs[1].name}_fc2_{count}", w_down.T[None])],
+                      attributes={"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1,
+                                  "activation_alpha": 1.0, "activation_beta": 0.0,
+                                  "normalize_routing_weights": 0},
+                      domain=MS, name=f"{down.name}_moe")
+        graph.insert_before(down, moe)
+        down.outputs[0].replace_all_uses_with(moe.outputs[0])
+        moe.outputs[0].dtype, moe.outputs[0].shape = down.outputs[0].dtype, down.outputs[0].shape
+        graph.remove(down, safe=True)
+        count += 1
+    _cleanup(model)
+    return count
+
+
+def _cleanup(model) -> None:
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    RemoveUnusedNodesPass()(model)
+    if MS not in model.opset_imports:
+        model.opset_imports[MS] = 1
+
+
+def apply(model, rewrites, fold_norms: bool) -> dict[str, int]:
+    """Run the named rewrites (subset of REWRITES, in that order); their site counts
+    (``qkv_norms``: layers whose q / k norms moved into GroupQueryAttention, a CUDA-only graph)."""
+    done = {}
+    for name in rewrites:
+        if name == "qkv":
+            done["qkv"], done["qkv_norms"] = pack_qkv(model, fold_norms)
+        else:
+            done[name] = mlp_as_moe(model)
+    return done

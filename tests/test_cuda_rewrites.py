@@ -1,0 +1,144 @@
+"""Graph rewrites of the fused GQA graph (export/cuda_rewrites.py): exactness on CPU where ONNX
+Runtime's CPU kernels run them, the CUDA-only q/k-norm fold by structure and weights."""
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from embedrank.errors import DeviceError, FusionError
+from embedrank.export import export_model
+from embedrank.plugin import Embedder
+from embedrank.plugin.cli import main
+
+TEXTS = ["short", "a somewhat longer document about vector databases and rerankers",
+         "x " * 30, "Qdrant stores vectors"]
+
+
+def _graph(model_dir):
+    return onnx.load(str(model_dir / "model.onnx"))
+
+
+def _weights(graph) -> dict:
+    return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """Llama architecture (no q/k norms), the real Qwen3 tokenizer."""
+    import torch
+    from conftest import qwen_tokenizer_dir
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("llama") / "tiny-llama"
+    config = LlamaConfig(vocab_size=151669, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1)
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def moe_embedder(tiny_ckpt, tmp_path_factory):
+    return export_model("embedder", str(tiny_ckpt), tmp_path_factory.mktemp("rw") / "moe", rewrites=("moe",))
+
+
+def test_mlp_as_moe_is_exact_and_holds_the_mlp_weights(moe_embedder, embedder_dir, torch_embedder):
+    assert moe_embedder.parity.passed
+    graph = _graph(moe_embedder.out).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["MoE"] == 2 and ops["Sigmoid"] == 0
+    assert moe_embedder.manifest.extra["fused_ops"]["rewrite_moe"] == 2
+    assert moe_embedder.manifest.extra["rewrites"] == ["moe"]
+    moe = next(n for n in graph.node if n.op_type == "MoE")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in moe.attribute}
+    assert attrs["activation_type"] == b"swiglu" and attrs["swiglu_fusion"] == 1 and attrs["k"] == 1
+    assert attrs["activation_alpha"] == 1.0 and attrs["activation_beta"] == 0.0
+    weights = _weights(graph)
+    fc1, fc2 = weights[moe.input[2]], weights[moe.input[4]]
+    layers = [n for n in graph.node if n.op_type == "MoE"]
+    mlp = torch_embedder.model.layers[layers.index(moe)].mlp
+    np.testing.assert_array_equal(fc1[0, 0::2], mlp.gate_proj.weight.detach().numpy())  # interleaved
+    np.testing.assert_array_equal(fc1[0, 1::2], mlp.up_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(fc2[0], mlp.down_proj.weight.detach().numpy())
+    got = Embedder.load(moe_embedder.out).embed_documents(TEXTS)
+    ref = Embedder.load(embedder_dir).embed_documents(TEXTS)
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_packed_qkv_without_norms_is_exact_on_cpu(tiny_llama, tmp_path):
+    plain = export_model("embedder", str(tiny_llama), tmp_path / "plain")
+    packed = export_model("embedder", str(tiny_llama), tmp_path / "packed", rewrites=("qkv",))
+    assert packed.parity.passed and "requires_device" not in packed.manifest.extra
+    assert packed.manifest.extra["fused_ops"]["rewrite_qkv"] == 2
+    assert packed.manifest.extra["fused_ops"]["rewrite_qkv_norms"] == 0
+    graph = _graph(packed.out).graph
+    ops, plain_ops = Counter(n.op_type for n in graph.node), Counter(
+        n.op_type for n in _graph(plain.out).graph.node)
+    assert ops["MatMul"] == plain_ops["MatMul"] - 2 * 2  # three projections -> one, per layer
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert all(n.input[1] == "" and n.input[2] == "" for n in gqa)
+    weights = _weights(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    from embedrank.train.modeling import Embedder as TorchEmbedder
+
+    layer0 = TorchEmbedder.from_pretrained(str(tiny_llama)).model.layers[0].self_attn
+    packed_w = weights[producer[gqa[0].input[0]].input[1]]
+    expected = np.concatenate([p.weight.detach().numpy().T for p in (layer0.q_proj, layer0.k_proj,
+                                                                     layer0.v_proj)], axis=1)
+    np.testing.assert_array_equal(packed_w, expected)
+    got = Embedder.load(packed.out).embed_documents(TEXTS)
+    np.testing.assert_allclose(got, Embedder.load(plain.out).embed_documents(TEXTS), atol=2e-6)
+
+
+def test_qk_norms_move_into_gqa_with_the_model_weights(embedder_dir, torch_embedder, tiny_ckpt):
+    import onnx_ir as ir
+
+    from embedrank.export.cuda_rewrites import pack_qkv
+
+    model = ir.load(str(embedder_dir / "model.onnx"))
+    assert pack_qkv(model, fold_norms=False) == (0, 0)  # CPU: the norms keep the graph as it is
+    assert pack_qkv(model, fold_norms=True) == (2, 2)
+    proto = ir.to_proto(model).graph
+    ops = Counter(n.op_type for n in proto.node)
+    assert ops["SimplifiedLayerNormalization"] == 2  # only the first layer's input norm and the final norm
+    weights = _weights(proto)
+    eps = torch_embedder.model.config.rms_norm_eps
+    for index, node in enumerate(n for n in proto.node if n.op_type == "GroupQueryAttention"):
+        attn = torch_embedder.model.layers[index].self_attn
+        assert len(node.input) == 16 and node.input[1:3] == ["", ""]
+        np.testing.assert_array_equal(weights[node.input[14]], attn.q_norm.weight.detach().numpy())
+        np.testing.assert_array_equal(weights[node.input[15]], attn.k_norm.weight.detach().numpy())
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["qk_norm_epsilon"] == pytest.approx(eps)
+        assert len(node.output) == 3  # the CUDA kernel requires present_key / present_value
+
+
+def test_cuda_only_rewrite_is_refused_on_cpu_and_by_the_cpu_runtime(tiny_ckpt, embedder_dir, tmp_path):
+    with pytest.raises(FusionError, match="needs device='cuda'"):
+        export_model("embedder", str(tiny_ckpt), tmp_path / "qkv", rewrites=("qkv",))
+    assert not (tmp_path / "qkv").exists()
+    cuda_only = tmp_path / "cuda-only"
+    shutil.copytree(embedder_dir, cuda_only)
+    manifest = json.loads((cuda_only / "embedrank.json").read_text())
+    manifest["extra"]["requires_device"] = "cuda"
+    (cuda_only / "embedrank.json").write_text(json.dumps(manifest))
+    with pytest.raises(DeviceError, match="exported for CUDA"):
+        Embedder.load(cuda_only, device="cpu")
+
+
+def test_cli_rewrites_option(tiny_ckpt, tmp_path):
+    from embedrank.plugin.cli import _rewrites
+
+    assert _rewrites(None) is None and _rewrites("none") == () and _rewrites("qkv, moe") == ("qkv", "moe")
+    result = CliRunner().invoke(main, ["export", "embedder", str(tiny_ckpt), str(tmp_path / "x"),
+                                       "--rewrites", "swiglu"])
+    assert result.exit_code == 1 and "rewrites must be distinct names" in result.output
+    assert not (tmp_path / "x").exists()
