@@ -54,6 +54,7 @@ EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None, ()),
            "onnx-fused-plain-fp16-reranker": ("reranker", "fused", "gqa", ()),
            "onnx-fused-mha-fp16": ("embedder", "fused", "mha", ()),
            "onnx-fused-moe-fp16": ("embedder", "fused", "gqa", ("qkv", "moe"))}
+STATIC_VARIANTS = ("onnx-fused-fp16-static", "onnx-fused-fp16-cudagraph")  # 64 x 256 only
 VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
 
 
@@ -240,6 +241,16 @@ def run_variant(name: str, work_dir: Path) -> dict:
             rr = onnx_backend(work_dir / f"{name}-reranker", pad)
             for budget in (BUDGET, 32768):
                 res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
+    elif name in STATIC_VARIANTS:  # the default export through the runtime's static_shape mode
+        from embedrank.plugin.runtime import Embedder
+
+        model = Embedder.load(work_dir / "onnx-fused-fp16", device=DEVICE, static_shape=FIXED,
+                              cuda_graph=name.endswith("cudagraph"))
+        fixed = work["fixed"]
+        res["fixed_tokens_per_s"] = measure_fixed_only(lambda rows: model._infer(*model._pad(rows)), work)
+        dynamic = onnx_backend(work_dir / "onnx-fused-fp16", pad)(fixed)
+        res["max_abs_diff_vs_dynamic"] = float(np.abs(model._infer(*model._pad(fixed)) - dynamic).max())
+        return res
     elif name == "onnx-probes":  # CUDA graphs and TensorRT on the default export
         from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
 
@@ -337,7 +348,7 @@ def _subprocess(args: list[str], work_dir: Path) -> dict:
 def needed_exports(variants: str) -> str:
     """The exports the ONNX variants in ``variants`` read (with their rerankers, where defined)."""
     names = [v for v in variants.split(",") if v in EXPORTS]
-    if "onnx-probes" in variants.split(","):
+    if {"onnx-probes", *STATIC_VARIANTS} & set(variants.split(",")):
         names.append("onnx-fused-fp16")
     names += [f"{v}-reranker" for v in names if f"{v}-reranker" in EXPORTS]
     return ",".join(dict.fromkeys(names))

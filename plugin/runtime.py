@@ -76,6 +76,10 @@ class _OnnxModel:
         if self.manifest.kind != self.kind:
             raise ManifestError(f"{str(self.path)!r} holds a {self.manifest.kind}, not a {self.kind}: "
                                 f"load it with embedrank.plugin.{self.manifest.kind.title()}")
+        if device == "cpu" and self.manifest.extra.get("requires_device") == "cuda":
+            raise DeviceError(f"{str(self.path)!r} was exported for CUDA (GroupQueryAttention with the "
+                              "q/k norms inside, which ONNX Runtime runs on CUDA only): load it with "
+                              "device='cuda', or export for CPU with `embedrank export ... --device cpu`")
         self.static_shape = _check_static_shape(static_shape, self.manifest.max_length)
         if check_fingerprint and fingerprint(self.path, self.manifest) != self.manifest.fingerprint:
             raise ManifestError(f"the files in {str(self.path)!r} do not match the fingerprint in its "
