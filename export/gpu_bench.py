@@ -186,38 +186,6 @@ def rerank_latency(fn, work: dict, budget: int) -> float:
     return float(np.median(_timed(lambda: embed(fn, seqs, plan), 20))) * 1e3
 
 
-def reranker_heads(ckpt: Path, work: dict, pad: int) -> dict:
-    """PyTorch bf16 top-100 latency: one-logit head vs full LM head (last position / all)."""
-    import torch
-
-    from embedrank.formats import pad_left
-    from embedrank.train.modeling import Reranker, position_ids
-
-    dtype = torch.float32 if DRY_RUN else torch.bfloat16
-    rr = Reranker.from_pretrained(ckpt, dtype=dtype, device=DEVICE).eval()
-    ids, mask = (torch.from_numpy(x).to(DEVICE) for x in pad_left(work["rerank"], pad))
-    pos = position_ids(mask)
-    pair = [rr.yes_id, rr.no_id]
-    heads = {
-        "one_logit": lambda: rr(ids, mask),
-        "lm_head_last_position": lambda: rr.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                                  logits_to_keep=1).logits[:, -1, pair],
-        "lm_head_all_positions": lambda: rr.model(input_ids=ids, attention_mask=mask,
-                                                  position_ids=pos).logits[:, -1, pair],
-    }
-    res = {}
-    with torch.inference_mode():
-        for name, call in heads.items():
-            for _ in range(3):
-                call().float().cpu()
-            if not DRY_RUN:
-                torch.cuda.reset_peak_memory_stats()
-            res[f"{name}_p50_ms"] = float(np.median(_timed(lambda: call().float().cpu(), 10))) * 1e3  # noqa: B023
-            if not DRY_RUN:
-                res[f"{name}_peak_alloc_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return res
-
-
 # ---------------------------------------------------------------- one variant per process
 def run_variant(name: str, work_dir: Path) -> dict:
     import torch  # noqa: F401  (loads the CUDA libraries ONNX Runtime's CUDA provider needs)
@@ -259,6 +227,8 @@ def run_variant(name: str, work_dir: Path) -> dict:
         return res
     elif name == "torch-eager-bf16":
         res.update(measure(torch_backend(ckpt, pad, False), work, modes=("sorted", "arrival64")))
+        from embedrank.export.gpu_probes import reranker_heads
+
         res["rerank"] = reranker_heads(ckpt, work, pad)
     elif name == "torch-compile-bf16":
         fn = torch_backend(ckpt, pad, True)

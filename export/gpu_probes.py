@@ -1,4 +1,5 @@
-"""Probes run by :mod:`embedrank.export.gpu_bench`: a kernel profile, ORT CUDA graphs, TensorRT."""
+"""Probes run by :mod:`embedrank.export.gpu_bench`: a kernel profile, ORT CUDA graphs, TensorRT,
+memory, and the reranker head variants in PyTorch."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedrank.export.gpu_bench import ARCH, _timed
+from embedrank.export.gpu_bench import ARCH, DEVICE, DRY_RUN, _timed
 
 
 def static_copy(model_dir: Path, batch: int, length: int, out: Path) -> Path:
@@ -143,3 +144,35 @@ def _arena_run(path: Path, strategy: str, ids: np.ndarray, mask: np.ndarray) -> 
     return {"weights_mib": loaded - before, "run_mib": used,
             "mib_per_1k_tokens": used / (ids.size / 1000),
             "fixed_tokens_per_s": ids.size / float(np.median(times))}
+
+
+def reranker_heads(ckpt: Path, work: dict, pad: int) -> dict:
+    """PyTorch bf16 top-100 latency: one-logit head vs full LM head (last position / all)."""
+    import torch
+
+    from embedrank.formats import pad_left
+    from embedrank.train.modeling import Reranker, position_ids
+
+    dtype = torch.float32 if DRY_RUN else torch.bfloat16
+    rr = Reranker.from_pretrained(ckpt, dtype=dtype, device=DEVICE).eval()
+    ids, mask = (torch.from_numpy(x).to(DEVICE) for x in pad_left(work["rerank"], pad))
+    pos = position_ids(mask)
+    pair = [rr.yes_id, rr.no_id]
+    heads = {
+        "one_logit": lambda: rr(ids, mask),
+        "lm_head_last_position": lambda: rr.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                                  logits_to_keep=1).logits[:, -1, pair],
+        "lm_head_all_positions": lambda: rr.model(input_ids=ids, attention_mask=mask,
+                                                  position_ids=pos).logits[:, -1, pair],
+    }
+    res = {}
+    with torch.inference_mode():
+        for name, call in heads.items():
+            for _ in range(3):
+                call().float().cpu()
+            if not DRY_RUN:
+                torch.cuda.reset_peak_memory_stats()
+            res[f"{name}_p50_ms"] = float(np.median(_timed(lambda: call().float().cpu(), 10))) * 1e3  # noqa: B023
+            if not DRY_RUN:
+                res[f"{name}_peak_alloc_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return res
