@@ -316,11 +316,13 @@ def _subprocess(args: list[str], work_dir: Path) -> dict:
 
 
 def needed_exports(variants: str) -> str:
-    """The exports the ONNX variants in ``variants`` read (with their rerankers, where defined)."""
-    names = [v for v in variants.split(",") if v in EXPORTS]
-    if {"onnx-probes", *STATIC_VARIANTS} & set(variants.split(",")):
-        names.append("onnx-fused-fp16")
+    """The exports the variants in ``variants`` read: each ONNX variant's own (with its reranker,
+    where defined), and the default export for the probes and the static-shape variants."""
+    asked = variants.split(",")
+    names = [v for v in asked if v in EXPORTS]
     names += [f"{v}-reranker" for v in names if f"{v}-reranker" in EXPORTS]
+    if {"onnx-probes", *STATIC_VARIANTS} & set(asked):
+        names.append("onnx-fused-fp16")
     return ",".join(dict.fromkeys(names))
 
 
