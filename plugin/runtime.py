@@ -60,8 +60,9 @@ class _OnnxModel:
                  io_binding: bool | None = None, static_shape: tuple[int, int] | None = None,
                  cuda_graph: bool = False) -> None:
         """``static_shape=(B, S)``: every forward pass is exactly B x S (rows padded to S, missing rows
-        filled with one-token dummies), so ONNX Runtime folds every shape computation (+3.7% on an
-        H100); ``cuda_graph=True`` (needs it, and CUDA) also replays the pass as a CUDA graph."""
+        filled with one-token dummies), so ONNX Runtime folds every shape computation and no node
+        runs on the CPU; ``cuda_graph=True`` (needs it, and CUDA) also replays the pass as a CUDA
+        graph (+1.3% on an H100 at 64 x 256, docs/performance.md)."""
         self.path = Path(path)
         self.device = device
         if cuda_graph and static_shape is None:
