@@ -219,6 +219,11 @@ def run_variant(name: str, work_dir: Path) -> dict:
         dynamic = onnx_backend(work_dir / "onnx-fused-fp16", pad)(fixed)
         res["max_abs_diff_vs_dynamic"] = float(np.abs(model._infer(*model._pad(fixed)) - dynamic).max())
         return res
+    elif name == "onnx-activations":  # SiLU(gate) * up through ORT's ops, no export needed
+        from embedrank.export.gpu_probes import activation_probe
+
+        res["activations"] = activation_probe()
+        return res
     elif name == "onnx-probes":  # CUDA graphs and TensorRT on the default export
         from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
 

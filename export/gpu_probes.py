@@ -176,3 +176,50 @@ def reranker_heads(ckpt: Path, work: dict, pad: int) -> dict:
             if not DRY_RUN:
                 res[f"{name}_peak_alloc_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return res
+
+
+def activation_probe(tokens: int = 16384, width: int = 3072, calls: int = 50) -> dict:
+    """SiLU(gate) * up on [tokens, width] fp16 through the ONNX Runtime ops that can express it:
+    ms per call (device-bound I/O) and max |error| against float32 numpy, or why an op is absent."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    gate, up = (rng.standard_normal((tokens, width)).astype(np.float16) for _ in range(2))
+    g32, u32 = gate.astype(np.float32), up.astype(np.float32)
+    reference = g32 / (1 + np.exp(-g32)) * u32
+    ms = "com.microsoft"
+    forms = {  # name -> (nodes, inputs)
+        "QuickGelu+Mul": ([helper.make_node("QuickGelu", ["g"], ["s"], domain=ms, alpha=1.0),
+                           helper.make_node("Mul", ["s", "u"], ["y"])], ("g", "u")),
+        "ScaledSiLU+Mul": ([helper.make_node("ScaledSiLU", ["g"], ["s"], domain=ms, alpha=1.0),
+                            helper.make_node("Mul", ["s", "u"], ["y"])], ("g", "u")),
+        "SwiGLU (packed gate|up)": ([helper.make_node("SwiGLU", ["gu"], ["y"], domain=ms,
+                                                      activation_alpha=1.0)], ("gu",)),
+    }
+    feeds = {"g": gate, "u": up, "gu": np.concatenate([gate, up], axis=1)}
+    res = {}
+    for name, (nodes, names) in forms.items():
+        try:
+            inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT16, list(feeds[n].shape))
+                      for n in names]
+            output = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [tokens, width])
+            model = helper.make_model(helper.make_graph(nodes, "act", inputs, [output]), opset_imports=[
+                helper.make_opsetid("", 20), helper.make_opsetid(ms, 1)])
+            options = ort.SessionOptions()  # a node without a CUDA kernel fails instead of moving to CPU
+            options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            sess = ort.InferenceSession(model.SerializeToString(), options,
+                                        providers=["CUDAExecutionProvider"])
+            binding = sess.io_binding()
+            for n in names:
+                binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(feeds[n], "cuda", 0))
+            out = ort.OrtValue.ortvalue_from_shape_and_type([tokens, width], np.float16, "cuda", 0)
+            binding.bind_ortvalue_output("y", out)
+            for _ in range(5):
+                sess.run_with_iobinding(binding)
+            t = _timed(lambda: sess.run_with_iobinding(binding), calls)  # noqa: B023
+            res[name] = {"ms": float(np.median(t)) * 1e3,
+                         "max_abs_err": float(np.abs(out.numpy().astype(np.float32) - reference).max())}
+        except Exception as exc:  # the op is missing from this build: say so
+            res[name] = {"error": str(exc)[:300]}
+    return res
