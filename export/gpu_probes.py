@@ -205,7 +205,7 @@ def activation_probe(tokens: int = 16384, width: int = 3072, calls: int = 50) ->
                       for n in names]
             output = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [tokens, width])
             model = helper.make_model(helper.make_graph(nodes, "act", inputs, [output]), opset_imports=[
-                helper.make_opsetid("", 20), helper.make_opsetid(ms, 1)])
+                helper.make_opsetid("", 20), helper.make_opsetid(ms, 1)], ir_version=10)
             options = ort.SessionOptions()  # a node without a CUDA kernel fails instead of moving to CPU
             options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
             sess = ort.InferenceSession(model.SerializeToString(), options,
