@@ -190,6 +190,10 @@ def rerank_latency(fn, work: dict, budget: int) -> float:
 def run_variant(name: str, work_dir: Path) -> dict:
     import torch  # noqa: F401  (loads the CUDA libraries ONNX Runtime's CUDA provider needs)
 
+    if name == "onnx-activations":  # SiLU(gate) * up through ORT's ops: no checkpoint, no export
+        from embedrank.export.gpu_probes import activation_probe
+
+        return {"variant": name, "activations": activation_probe()}
     ckpt = work_dir / "ckpt"
     meta = json.loads((work_dir / "meta.json").read_text())
     pad = meta["pad"]
@@ -218,11 +222,6 @@ def run_variant(name: str, work_dir: Path) -> dict:
         res["fixed_tokens_per_s"] = measure_fixed_only(lambda rows: model._infer(*model._pad(rows)), work)
         dynamic = onnx_backend(work_dir / "onnx-fused-fp16", pad)(fixed)
         res["max_abs_diff_vs_dynamic"] = float(np.abs(model._infer(*model._pad(fixed)) - dynamic).max())
-        return res
-    elif name == "onnx-activations":  # SiLU(gate) * up through ORT's ops, no export needed
-        from embedrank.export.gpu_probes import activation_probe
-
-        res["activations"] = activation_probe()
         return res
     elif name == "onnx-probes":  # CUDA graphs and TensorRT on the default export
         from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
