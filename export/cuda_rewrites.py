@@ -9,9 +9,11 @@ re-expression of the graph (same weights, same arithmetic up to rounding order):
 * ``"qkv"`` (:func:`pack_qkv`): one ``MatMul`` against the concatenated q / k / v weights
   feeds GroupQueryAttention's packed-QKV input; the q / k norms move into the op
   (``q_norm_weight`` / ``k_norm_weight``: its unpack kernel normalizes, rotates and lays out
-  Q / K in one pass), and the ``present_key`` / ``present_value`` outputs nobody reads are
-  dropped. ONNX Runtime implements the in-op q / k norm on CUDA only (the CPU provider
-  rejects it), so with ``fold_norms=False`` a model with q / k norms keeps its graph.
+  Q / K in one pass); q / k / v biases (Qwen2) become one ``Add`` after the packed ``MatMul``.
+  The ``present_key`` / ``present_value`` outputs stay although nothing reads them: the CUDA
+  kernel refuses to run without them. ONNX Runtime implements the in-op q / k norm on CUDA only
+  (the CPU provider rejects it; ONNX Runtime >= 1.31), so with ``fold_norms=False`` a model with
+  q / k norms keeps its graph.
 * ``"moe"`` (:func:`mlp_as_moe`): the MLP ``down(silu(gate(x)) * up(x))`` becomes one
   ``com.microsoft.MoE`` node with a single expert (router of zeros: softmax weight 1), the
   gate and up weights interleaved into one fused-SwiGLU projection (``swiglu_fusion=1``,
@@ -26,6 +28,7 @@ import numpy as np
 
 MS = "com.microsoft"
 REWRITES = ("qkv", "moe")
+MIN_ORT_QK_NORM = "1.31"  # the first ONNX Runtime whose GroupQueryAttention takes q_norm_weight
 
 
 def _const(value) -> np.ndarray | None:
@@ -49,19 +52,45 @@ def _initializer(graph, name: str, array: np.ndarray):
     return value
 
 
-def _projection(value):
-    """value = MatMul(x, W) or Reshape(SLN(Reshape(MatMul(x, W)), w)): (matmul, norm or None)."""
+def _linear(value):
+    """value = MatMul(x, W) [+ b] with constant 2-D W and 1-D b: (x, W, b or None) or None."""
+    if value is None or not _only_use(value):
+        return None
+    bias, add = None, _producer(value, "Add")
+    if add is not None:
+        for out, b in (add.inputs, add.inputs[::-1]):
+            if (_producer(out, "MatMul") is not None and _only_use(out) and _const(b) is not None
+                    and _const(b).ndim == 1):
+                value, bias = out, _const(b)
+                break
+        else:
+            return None
     matmul = _producer(value, "MatMul")
-    if matmul is not None:
-        return matmul, None
+    weight = _const(matmul.inputs[1]) if matmul is not None else None
+    if weight is None or weight.ndim != 2:
+        return None
+    return matmul.inputs[0], weight, bias
+
+
+def _projection(value):
+    """value = linear or Reshape(SLN(Reshape(linear), w)): ((x, W, b), norm or None) or (None, None)."""
+    if _producer(value, "Reshape") is None:
+        return _linear(value), None
     outer = _producer(value, "Reshape")
-    norm = _producer(outer.inputs[0], "SimplifiedLayerNormalization") if outer else None
+    norm = _producer(outer.inputs[0], "SimplifiedLayerNormalization")
     inner = _producer(norm.inputs[0], "Reshape") if norm else None
-    matmul = _producer(inner.inputs[0], "MatMul") if inner else None
-    if matmul is None or not all(_only_use(v) for v in (inner.outputs[0], norm.outputs[0],
-                                                        matmul.outputs[0])):
+    if inner is None or not all(_only_use(v) for v in (inner.outputs[0], norm.outputs[0])):
         return None, None
-    return matmul, norm
+    return _linear(inner.inputs[0]), norm
+
+
+def _norm_scale(norm, head_size: int) -> tuple[np.ndarray, float] | None:
+    """The scale and epsilon of a per-head RMSNorm over the last axis, or None."""
+    attrs = {name: attr.value for name, attr in norm.attributes.items()}
+    scale = _const(norm.inputs[1])
+    if attrs.get("axis", -1) != -1 or scale is None or scale.shape != (head_size,):
+        return None
+    return scale, float(attrs.get("epsilon", 1e-5))
 
 
 def pack_qkv(model, fold_norms: bool = True) -> tuple[int, int]:
@@ -76,30 +105,35 @@ def pack_qkv(model, fold_norms: bool = True) -> tuple[int, int]:
         inputs = list(gqa.inputs)
         if len(inputs) < 9 or inputs[1] is None or any(v is not None for v in inputs[3:5] + inputs[9:]):
             continue
-        (q_mm, q_norm), (k_mm, k_norm) = (_projection(v) for v in inputs[:2])
-        v_mm = _producer(inputs[2], "MatMul") if _only_use(inputs[2]) else None
-        mms = (q_mm, k_mm, v_mm)
-        weights = [_const(m.inputs[1]) if m is not None else None for m in mms]
-        if any(w is None or w.ndim != 2 for w in weights) or len({m.inputs[0] for m in mms}) != 1:
+        (q, q_norm), (k, k_norm) = (_projection(v) for v in inputs[:2])
+        v = _linear(inputs[2])
+        if q is None or k is None or v is None or len({id(p[0]) for p in (q, k, v)}) != 1:
             continue
         if (q_norm is None) != (k_norm is None) or (q_norm is not None and not fold_norms):
             continue
+        if sum(p[2] is None for p in (q, k, v)) not in (0, 3):  # biases on some projections only
+            continue
+        weights = [p[1] for p in (q, k, v)]
         norms, attrs = [], {name: attr.value for name, attr in gqa.attributes.items()}
         if q_norm is not None:
-            eps = {n.attributes["epsilon"].value for n in (q_norm, k_norm) if "epsilon" in n.attributes}
-            scales = [_const(n.inputs[1]) for n in (q_norm, k_norm)]
-            if len(eps) != 1 or any(s is None or s.ndim != 1 for s in scales):
+            head_size = weights[0].shape[1] // attrs["num_heads"]
+            found = [_norm_scale(n, head_size) for n in (q_norm, k_norm)]
+            if None in found or found[0][1] != found[1][1]:
                 continue
-            norms = [_initializer(graph, f"{gqa.name or 'gqa'}_{count}_{w}_norm", s.astype(weights[0].dtype))
-                     for w, s in zip("qk", scales, strict=True)]
-            attrs["qk_norm_epsilon"] = float(eps.pop())
+            norms = [_initializer(graph, f"{gqa.name or 'gqa'}_{count}_{w}_norm",
+                                  f[0].astype(weights[0].dtype)) for w, f in zip("qk", found, strict=True)]
+            attrs["qk_norm_epsilon"] = found[0][1]
             folded += 1
-        packed = _initializer(graph, f"{q_mm.inputs[1].name}_qkv_{count}", np.concatenate(weights, axis=1))
-        matmul = ir.node("MatMul", [q_mm.inputs[0], packed], name=f"{gqa.name}_packed_qkv")
-        fused = ir.node("GroupQueryAttention", [matmul.outputs[0], None, None, *inputs[3:9],
+        name = f"{gqa.name or 'gqa'}_{count}_packed_qkv"
+        packed = _initializer(graph, name, np.concatenate(weights, axis=1))
+        nodes = [ir.node("MatMul", [q[0], packed], name=name)]
+        if q[2] is not None:
+            bias = _initializer(graph, f"{name}_bias", np.concatenate([p[2] for p in (q, k, v)]))
+            nodes.append(ir.node("Add", [nodes[-1].outputs[0], bias], name=f"{name}_bias"))
+        fused = ir.node("GroupQueryAttention", [nodes[-1].outputs[0], None, None, *inputs[3:9],
                                                 *([None] * 5 + norms if norms else [])],
                         attributes=attrs, domain=MS, num_outputs=len(gqa.outputs), name=gqa.name)
-        graph.insert_before(gqa, [matmul, fused])
+        graph.insert_before(gqa, [*nodes, fused])
         for old, new in zip(gqa.outputs, fused.outputs, strict=True):
             old.replace_all_uses_with(new)
         fused.outputs[0].dtype, fused.outputs[0].shape = gqa.outputs[0].dtype, gqa.outputs[0].shape

@@ -244,12 +244,14 @@ def _initializer_bytes(model) -> int:
 def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: int, module,
                  device: str, opset: int = FUSED_OPSET, external_threshold: int,
                  external_name: str, max_positions: int, attention: str = "gqa",
-                 rewrites: tuple[str, ...] = ()) -> dict[str, int]:
+                 rewrites: tuple[str, ...] = (), strict_rewrites: bool = True) -> dict[str, int]:
     """Export ``graph`` fused to ``path`` (+ one external-data file when large); return op counts.
 
     ``attention="gqa"`` writes a right-padded graph, ``"mha"`` a left-padded one.
     ``rewrites`` (GQA only): names of :data:`embedrank.export.cuda_rewrites.REWRITES`; the
     q / k norms move into GroupQueryAttention only for ``device="cuda"`` (CUDA-only kernel).
+    ``strict_rewrites``: every layer must be rewritten (else ``FusionError``); off for the device
+    default, which rewrites the layers it fits and records the counts.
     """
     try:
         ir = require("onnx_ir", "train")
@@ -281,9 +283,13 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
         if not gqa:
             _fuse_rotary(model, max_positions)
     rewritten = apply_rewrites(model, rewrites, fold_norms=device.startswith("cuda"))
-    if not all(n for name, n in rewritten.items() if name in rewrites):
-        raise FusionError(f"rewrite found nothing to rewrite in this {kind}: {rewritten} (qkv with "
-                          "q/k norms needs device='cuda': ONNX Runtime runs the in-op norm on CUDA only)")
+    layers = op_counts(model)["GroupQueryAttention"]
+    missed = {name: n for name, n in rewritten.items() if name in rewrites and n != layers}
+    if strict_rewrites and missed:
+        hint = (" (a model with q/k norms packs on device='cuda' only: ONNX Runtime runs the in-op "
+                "norm on CUDA)" if "qkv" in missed and not device.startswith("cuda") else "")
+        raise FusionError(f"the {'/'.join(missed)} rewrite fits {missed} of {layers} layers of this "
+                          f"{kind}{hint}; export without --rewrites {','.join(missed)}")
     counts = op_counts(model)
     missing = [op for op in REQUIRED_OPS if not counts[op]]
     if counts["GroupQueryAttention"]:  # the other fused attention

@@ -62,7 +62,8 @@ def cuda_graph_probe(model_dir: Path, work: dict, pad_id: int) -> dict:
 
 
 def _cpu_nodes(optimized: Path) -> list[str]:
-    """Op types of the optimized graph that have no CUDA placement hint (best effort)."""
+    """Shape-computing op types left in the optimized static graph (candidates for CPU placement;
+    the optimized file does not say where each node ran)."""
     import onnx
 
     if not optimized.exists():

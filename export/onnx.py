@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from embedrank.errors import InputError, ParityError
-from embedrank.export.cuda_rewrites import REWRITES
+from embedrank.export.cuda_rewrites import MIN_ORT_QK_NORM, REWRITES
 from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
@@ -206,6 +206,7 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     """
     if kind not in OUTPUT_NAMES:
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
+    strict_rewrites = rewrites is not None  # asked for: every layer; the device default: where it fits
     dtype, optimize, attention, rewrites = resolve_variant(device, dtype, optimize, attention, rewrites)
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
@@ -226,11 +227,12 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
                 dim=module.model.config.hidden_size, module=module, device=torch_device,
                 opset=opset, external_threshold=EXTERNAL_DATA_THRESHOLD,
                 external_name=EXTERNAL_DATA_NAME, max_positions=module.max_length,
-                attention=attention, rewrites=rewrites)
+                attention=attention, rewrites=rewrites, strict_rewrites=strict_rewrites)
             extra["attention"] = attention
             extra["rewrites"] = list(rewrites)
-            if extra["fused_ops"].get("rewrite_qkv_norms"):
-                extra["requires_device"] = "cuda"  # ONNX Runtime's in-op q / k norm: CUDA only
+            if extra["fused_ops"].get("rewrite_qkv_norms"):  # ONNX Runtime's in-op q / k norm:
+                extra["requires_device"] = "cuda"  # CUDA only, from ONNX Runtime 1.31
+                extra["min_onnxruntime"] = MIN_ORT_QK_NORM
         else:
             extra["exporter"] = "torch.onnx TorchScript"
             _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device, module)

@@ -90,7 +90,12 @@ def _run_export(kind: str, src, out, dtype, max_length, opset, optimize, attenti
 def _rewrites(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
-    return () if text.strip() == "none" else tuple(r.strip() for r in text.split(",") if r.strip())
+    if text.strip() == "none":
+        return ()
+    names = tuple(r.strip() for r in text.split(",") if r.strip())
+    if not names:
+        raise click.BadParameter("give rewrite names (qkv, moe) or 'none'", param_hint="--rewrites")
+    return names
 
 
 @export.command("embedder")

@@ -82,6 +82,7 @@ class _OnnxModel:
                               "q/k norms inside, which ONNX Runtime runs on CUDA only): load it with "
                               "device='cuda', or export for CPU with `embedrank export ... --device cpu`")
         self.static_shape = _check_static_shape(static_shape, self.manifest.max_length)
+        _check_onnxruntime(self.manifest.extra.get("min_onnxruntime"), self.path)
         if check_fingerprint and fingerprint(self.path, self.manifest) != self.manifest.fingerprint:
             raise ManifestError(f"the files in {str(self.path)!r} do not match the fingerprint in its "
                                 "manifest (changed or corrupted since export); re-export the model")
@@ -192,6 +193,18 @@ class _OnnxModel:
         return binding.copy_outputs_to_cpu()[0]
 
 
+def _check_onnxruntime(minimum: str | None, path: Path) -> None:
+    """The export needs an ONNX Runtime at least this new (an op input older ones lack)."""
+    import onnxruntime as ort
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in text.split("+")[0].split(".")[:2])
+
+    if minimum is not None and version(ort.__version__) < version(minimum):
+        raise DeviceError(f"{str(path)!r} needs onnxruntime >= {minimum} (this is {ort.__version__}): "
+                          f"pip install -U 'onnxruntime-gpu>={minimum}', or re-export without --rewrites qkv")
+
+
 def _device_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
 
@@ -236,8 +249,12 @@ def _session(path: Path, device: str, threads: int | None,
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        if cuda_graph or static_shape is not None:
+            raise DeviceError(f"ONNX Runtime refused {str(path)!r} with static_shape={static_shape} / "
+                              f"cuda_graph={cuda_graph} ({str(exc)[:300]}); load it without them") from None
         raise ModelDirError(f"ONNX Runtime cannot load {str(path)!r} ({str(exc)[:300]}); the file "
-                            "is truncated or corrupt: re-export the model") from None
+                            "is truncated or corrupt (or needs a newer onnxruntime): re-export the "
+                            "model") from None
     if device != "cpu" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise DeviceError(f"ONNX Runtime did not start CUDA for {str(path)!r} (providers: "
                           f"{session.get_providers()}); check the CUDA / cuDNN installation")

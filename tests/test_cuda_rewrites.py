@@ -5,6 +5,7 @@ import json
 import shutil
 from collections import Counter
 
+import click
 import numpy as np
 import onnx
 import pytest
@@ -41,6 +42,28 @@ def tiny_llama(tmp_path_factory):
                          max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1)
     torch.manual_seed(1)
     LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2(tmp_path_factory):
+    """Qwen2 architecture: q/k/v projections with biases, no q/k norms."""
+    import torch
+    from conftest import qwen_tokenizer_dir
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("qwen2") / "tiny-qwen2"
+    config = Qwen2Config(vocab_size=151669, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, initializer_range=0.1)
+    torch.manual_seed(2)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # non-zero biases, so a lost bias shows
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    model.save_pretrained(out)
     AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(out)
     return out
 
@@ -98,6 +121,36 @@ def test_packed_qkv_without_norms_is_exact_on_cpu(tiny_llama, tmp_path):
     np.testing.assert_allclose(got, Embedder.load(plain.out).embed_documents(TEXTS), atol=2e-6)
 
 
+def test_packed_qkv_keeps_the_qkv_biases(tiny_qwen2, tmp_path):
+    from embedrank.train.modeling import Embedder as TorchEmbedder
+
+    plain = export_model("embedder", str(tiny_qwen2), tmp_path / "plain")
+    packed = export_model("embedder", str(tiny_qwen2), tmp_path / "packed", rewrites=("qkv",))
+    assert packed.parity.passed and packed.manifest.extra["fused_ops"]["rewrite_qkv"] == 2
+    graph = _graph(packed.out).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    gqa = next(n for n in graph.node if n.op_type == "GroupQueryAttention")
+    add = producer[gqa.input[0]]
+    assert add.op_type == "Add" and producer[add.input[0]].op_type == "MatMul"
+    attn = TorchEmbedder.from_pretrained(str(tiny_qwen2)).model.layers[0].self_attn
+    expected = np.concatenate([p.bias.detach().numpy() for p in (attn.q_proj, attn.k_proj, attn.v_proj)])
+    np.testing.assert_array_equal(_weights(graph)[add.input[1]], expected)
+    got = Embedder.load(packed.out).embed_documents(TEXTS)
+    np.testing.assert_allclose(got, Embedder.load(plain.out).embed_documents(TEXTS), atol=2e-6)
+
+
+def test_device_default_rewrites_where_it_fits_and_records_it(tiny_ckpt, tmp_path, monkeypatch):
+    """The CUDA default (rewrites=None -> qkv) never fails an export; asked-for rewrites must fit."""
+    from embedrank.export import onnx as onnx_export
+
+    resolve = onnx_export.resolve_variant
+    monkeypatch.setattr(onnx_export, "resolve_variant",
+                        lambda *a: (*resolve(*a)[:3], ("qkv",)))  # the CUDA default, on CPU
+    result = export_model("embedder", str(tiny_ckpt), tmp_path / "default")
+    assert result.manifest.extra["fused_ops"]["rewrite_qkv"] == 0  # q/k norms: CUDA only
+    assert "requires_device" not in result.manifest.extra and result.parity.passed
+
+
 def test_qk_norms_move_into_gqa_with_the_model_weights(embedder_dir, torch_embedder, tiny_ckpt):
     import onnx_ir as ir
 
@@ -122,7 +175,7 @@ def test_qk_norms_move_into_gqa_with_the_model_weights(embedder_dir, torch_embed
 
 
 def test_cuda_only_rewrite_is_refused_on_cpu_and_by_the_cpu_runtime(tiny_ckpt, embedder_dir, tmp_path):
-    with pytest.raises(FusionError, match="needs device='cuda'"):
+    with pytest.raises(FusionError, match=r"fits \{'qkv': 0\} of 2 layers.*device='cuda' only"):
         export_model("embedder", str(tiny_ckpt), tmp_path / "qkv", rewrites=("qkv",))
     assert not (tmp_path / "qkv").exists()
     cuda_only = tmp_path / "cuda-only"
@@ -132,12 +185,18 @@ def test_cuda_only_rewrite_is_refused_on_cpu_and_by_the_cpu_runtime(tiny_ckpt, e
     (cuda_only / "embedrank.json").write_text(json.dumps(manifest))
     with pytest.raises(DeviceError, match="exported for CUDA"):
         Embedder.load(cuda_only, device="cpu")
+    manifest["extra"] = {**manifest["extra"], "requires_device": None, "min_onnxruntime": "99.0"}
+    (cuda_only / "embedrank.json").write_text(json.dumps(manifest))
+    with pytest.raises(DeviceError, match="needs onnxruntime >= 99.0"):
+        Embedder.load(cuda_only, device="cpu")
 
 
 def test_cli_rewrites_option(tiny_ckpt, tmp_path):
     from embedrank.plugin.cli import _rewrites
 
     assert _rewrites(None) is None and _rewrites("none") == () and _rewrites("qkv, moe") == ("qkv", "moe")
+    with pytest.raises(click.BadParameter, match="rewrite names"):
+        _rewrites(" , ")
     result = CliRunner().invoke(main, ["export", "embedder", str(tiny_ckpt), str(tmp_path / "x"),
                                        "--rewrites", "swiglu"])
     assert result.exit_code == 1 and "rewrites must be distinct names" in result.output
