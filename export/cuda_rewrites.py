@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedrank.errors import InputError
+
 MS = "com.microsoft"
 REWRITES = ("qkv", "moe")
 MIN_ORT_QK_NORM = "1.31"  # the first ONNX Runtime whose GroupQueryAttention takes q_norm_weight
@@ -175,7 +177,9 @@ def _router(graph, first, dtype):
 
 def mlp_as_moe(model) -> int:
     """SwiGLU MLPs -> one single-expert ``com.microsoft.MoE`` each (see module)."""
-    graph, count = model.graph, 0
+    import onnx_ir as ir
+
+    graph, count, routers = model.graph, 0, {}
     for down in [n for n in graph if n.op_type == "MatMul"]:
         gated = _silu_gate(down.inputs[0]) if _only_use(down.inputs[0]) else None
         if gated is None:
@@ -188,11 +192,12 @@ def mlp_as_moe(model) -> int:
             continue
         x = gate_mm.inputs[0]
         fc1 = np.stack([w_gate.T, w_up.T], axis=1).reshape(1, -1, w_gate.shape[0])  # rows g0 u0 g1 u1..
-        nodes = _router(graph, x, x.dtype)  # per site: the last layer runs on the pooled rows only
-        graph.insert_before(gate_mm, nodes)
-        router = nodes[-1].outputs[0]
-        import onnx_ir as ir
-
+        key = str(x.shape) if x.shape is not None else id(x)  # the last layer: pooled rows only
+        if key not in routers:
+            nodes = _router(graph, x, x.dtype)
+            graph.insert_before(gate_mm, nodes)
+            routers[key] = nodes[-1].outputs[0]
+        router = routers[key]
         moe = ir.node("MoE", [x, router, _initializer(graph, f"{down.inputs[1].name}_fc1_{count}", fc1), None,
                               _initializer(graph, f"{down.inputs[1].name}_fc2_{count}", w_down.T[None])],
                       attributes={"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1,
@@ -219,10 +224,13 @@ def _cleanup(model) -> None:
 def apply(model, rewrites, fold_norms: bool) -> dict[str, int]:
     """Run the named rewrites (subset of REWRITES, in that order); their site counts
     (``qkv_norms``: layers whose q / k norms moved into GroupQueryAttention, a CUDA-only graph)."""
+    unknown = [name for name in rewrites if name not in REWRITES]
+    if unknown:
+        raise InputError(f"unknown rewrites {unknown}: choose from {REWRITES}")
     done = {}
     for name in rewrites:
         if name == "qkv":
             done["qkv"], done["qkv_norms"] = pack_qkv(model, fold_norms)
         else:
-            done[name] = mlp_as_moe(model)
+            done["moe"] = mlp_as_moe(model)
     return done

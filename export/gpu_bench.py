@@ -95,15 +95,14 @@ def gpu_used_mib() -> float:
 
 # ---------------------------------------------------------------- backends
 # a backend maps a list of token-id rows to an array of results; it pads as its model expects
-def onnx_backend(model_dir: Path, pad_id: int, io_binding: bool = True):
-    from embedrank.formats import pad
+def onnx_backend(model_dir: Path, **load_options):
+    """The runtime's model (``load_options``: io_binding, static_shape, cuda_graph), padding as it does."""
     from embedrank.manifest import read_manifest
     from embedrank.plugin.runtime import Embedder, Reranker
 
-    manifest = read_manifest(model_dir)
-    cls = Embedder if manifest.kind == "embedder" else Reranker
-    model = cls.load(model_dir, device=DEVICE, io_binding=io_binding)
-    return lambda rows: model._infer(*pad(rows, pad_id, manifest.padding_side))
+    cls = Embedder if read_manifest(model_dir).kind == "embedder" else Reranker
+    model = cls.load(model_dir, device=DEVICE, **load_options)
+    return lambda rows: model._infer(*model._pad(rows))
 
 
 def torch_backend(ckpt: Path, pad_id: int, compile: bool,
@@ -201,32 +200,28 @@ def run_variant(name: str, work_dir: Path) -> dict:
     res: dict = {"variant": name}
     if name in EXPORTS:
         model_dir = work_dir / name
-        res.update(measure(onnx_backend(model_dir, pad), work))
+        res.update(measure(onnx_backend(model_dir), work))
         res["fixed_tokens_per_s_no_io_binding"] = measure_fixed_only(
-            onnx_backend(model_dir, pad, io_binding=False), work)
+            onnx_backend(model_dir, io_binding=False), work)
         if EXPORTS[name][2] == "gqa":
             from embedrank.export.gpu_probes import kernel_profile, memory_probe
 
-            res["kernels"] = kernel_profile(onnx_backend(model_dir, pad), work["fixed"])
+            res["kernels"] = kernel_profile(onnx_backend(model_dir), work["fixed"])
             res["memory"] = memory_probe(model_dir, work["fixed"], pad)
         if (work_dir / f"{name}-reranker").is_dir():
-            rr = onnx_backend(work_dir / f"{name}-reranker", pad)
+            rr = onnx_backend(work_dir / f"{name}-reranker")
             for budget in (BUDGET, 32768):
                 res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
     elif name in STATIC_VARIANTS:  # the default export through the runtime's static_shape mode
-        from embedrank.plugin.runtime import Embedder
-
-        model = Embedder.load(work_dir / "onnx-fused-fp16", device=DEVICE, static_shape=FIXED,
-                              cuda_graph=name.endswith("cudagraph"))
-        fixed = work["fixed"]
-        res["fixed_tokens_per_s"] = measure_fixed_only(lambda rows: model._infer(*model._pad(rows)), work)
-        dynamic = onnx_backend(work_dir / "onnx-fused-fp16", pad)(fixed)
-        res["max_abs_diff_vs_dynamic"] = float(np.abs(model._infer(*model._pad(fixed)) - dynamic).max())
+        default = work_dir / "onnx-fused-fp16"
+        fn = onnx_backend(default, static_shape=FIXED, cuda_graph=name.endswith("cudagraph"))
+        res["fixed_tokens_per_s"] = measure_fixed_only(fn, work)
+        dynamic = onnx_backend(default)(work["fixed"])
+        res["max_abs_diff_vs_dynamic"] = float(np.abs(fn(work["fixed"]) - dynamic).max())
         return res
-    elif name == "onnx-probes":  # CUDA graphs and TensorRT on the default export
-        from embedrank.export.gpu_probes import cuda_graph_probe, tensorrt_probe
+    elif name == "onnx-probes":  # is TensorRT usable? (CUDA graphs: the static variants above)
+        from embedrank.export.gpu_probes import tensorrt_probe
 
-        res["cuda_graph"] = cuda_graph_probe(work_dir / "onnx-fused-fp16", work, pad)
         res["tensorrt"] = tensorrt_probe()
         return res
     elif name == "torch-eager-bf16":
@@ -325,7 +320,7 @@ def needed_exports(variants: str) -> str:
     asked = variants.split(",")
     names = [v for v in asked if v in EXPORTS]
     names += [f"{v}-reranker" for v in names if f"{v}-reranker" in EXPORTS]
-    if {"onnx-probes", *STATIC_VARIANTS} & set(asked):
+    if set(STATIC_VARIANTS) & set(asked):
         names.append("onnx-fused-fp16")
     return ",".join(dict.fromkeys(names))
 

@@ -1,4 +1,4 @@
-"""Probes run by :mod:`embedrank.export.gpu_bench`: a kernel profile, ORT CUDA graphs, TensorRT,
+"""Probes run by :mod:`embedrank.export.gpu_bench`: a kernel profile, TensorRT, the activation kernels,
 memory, and the reranker head variants in PyTorch."""
 
 from __future__ import annotations
@@ -7,71 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedrank.export.gpu_bench import ARCH, DEVICE, DRY_RUN, _timed
-
-
-def static_copy(model_dir: Path, batch: int, length: int, out: Path) -> Path:
-    """The graph with fixed input sizes: ONNX Runtime folds every shape computation away."""
-    import onnx
-
-    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        dims[0].dim_value, dims[1].dim_value = batch, length
-    out.mkdir(parents=True, exist_ok=True)
-    for file in model_dir.glob("model.onnx.data"):
-        target = out / file.name
-        if not target.exists():
-            target.symlink_to(file.resolve())
-    onnx.save(model, str(out / "model.onnx"))
-    return out / "model.onnx"
-
-
-def cuda_graph_probe(model_dir: Path, work: dict, pad_id: int) -> dict:
-    """Fixed 64 x 256 through an ORT CUDA graph (static-shape copy, I/O bound on the device),
-    side by side with the same static graph without capture; CPU-placed nodes if refused."""
-    import onnxruntime as ort
-
-    from embedrank.formats import pad
-    from embedrank.manifest import read_manifest
-
-    ids, mask = pad(work["fixed"], pad_id, read_manifest(model_dir).padding_side)
-    path = static_copy(model_dir, *ids.shape, model_dir.parent / f"{model_dir.name}-static")
-    res = {}
-    for name, options in (("static", {}), ("cuda_graph", {"enable_cuda_graph": "1"})):
-        try:
-            so = ort.SessionOptions()
-            if not options:  # the placement record read by _cpu_nodes
-                so.optimized_model_filepath = str(path.parent / "optimized-static.onnx")
-            sess = ort.InferenceSession(str(path), so, providers=[("CUDAExecutionProvider", options)])
-            binding = sess.io_binding()
-            ids_v, mask_v = (ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0) for x in (ids, mask))
-            out = ort.OrtValue.ortvalue_from_shape_and_type([len(ids), ARCH["hidden_size"]],
-                                                           np.float32, "cuda", 0)
-            binding.bind_ortvalue_input("input_ids", ids_v)
-            binding.bind_ortvalue_input("attention_mask", mask_v)
-            binding.bind_ortvalue_output(sess.get_outputs()[0].name, out)
-            for _ in range(3):
-                sess.run_with_iobinding(binding)
-            t = _timed(lambda: (sess.run_with_iobinding(binding), out.numpy()), 20)  # noqa: B023
-            res[f"{name}_tokens_per_s"] = ids.size / float(np.median(t))
-        except Exception as exc:  # report why it does not apply
-            res[f"{name}_error"] = str(exc)[:400]
-            res["cpu_nodes"] = _cpu_nodes(path.parent / "optimized-static.onnx")
-    return res
-
-
-def _cpu_nodes(optimized: Path) -> list[str]:
-    """Shape-computing op types left in the optimized static graph (candidates for CPU placement;
-    the optimized file does not say where each node ran)."""
-    import onnx
-
-    if not optimized.exists():
-        return []
-    graph = onnx.load(str(optimized), load_external_data=False).graph
-    return sorted({f"{n.op_type}" for n in graph.node if n.op_type in (
-        "ArgMax", "Shape", "Range", "Unsqueeze", "Concat", "Gather", "Slice", "Squeeze", "MemcpyToHost",
-        "MemcpyFromHost")})
+from embedrank.export.gpu_bench import DEVICE, DRY_RUN, _timed
 
 
 def tensorrt_probe() -> dict:

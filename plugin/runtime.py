@@ -41,7 +41,7 @@ def providers_for(device: str) -> list:
                 f"{ort.get_available_providers()}. pip uninstall onnxruntime && pip install "
                 "'embedrank[gpu]', or use device='cpu'"
             )
-        index = int(device.split(":")[1]) if ":" in device else 0
+        index = _device_index(device)
         # grow the memory arena by what is asked, not to the next power of two: the same speed
         # on an H100 with 1.45 GB less for a 0.6B fp16 model's weights (docs/performance.md)
         options = {"device_id": index, "arena_extend_strategy": "kSameAsRequested"}

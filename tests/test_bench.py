@@ -101,5 +101,6 @@ def test_gpu_bench_prepares_only_the_exports_its_variants_read():
     assert needed_exports("onnx-fused-mha-fp16,torch-eager-bf16") == "onnx-fused-mha-fp16"
     assert needed_exports("torch-compile-bf16") == ""
     assert needed_exports("onnx-fused-fp16-cudagraph,onnx-probes") == "onnx-fused-fp16"
+    assert needed_exports("onnx-probes") == ""
     assert needed_exports("onnx-fused-plain-fp16,onnx-fused-fp16-static") == \
         "onnx-fused-plain-fp16,onnx-fused-plain-fp16-reranker,onnx-fused-fp16"
