@@ -56,3 +56,7 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module!r} is needed for this command: pip install 'embedrank[{extra}]'"
         ) from exc
+
+
+class OpsError(EmbedrankError):
+    """embedrank's ONNX Runtime custom-op library is missing, or could not be built."""

@@ -3,7 +3,7 @@
 The fused export leaves, per layer, three q / k / v ``MatMul`` s, two per-head q / k
 RMSNorms (Qwen3) and a gate / up / down MLP whose SiLU and gating product ONNX Runtime runs
 as separate element-wise kernels. The kernel profile (docs/performance.md) puts the gap to
-``torch.compile`` in exactly those element-wise passes. Two rewrites, each an exact
+``torch.compile`` in exactly those element-wise passes. Three rewrites, each an exact
 re-expression of the graph (same weights, same arithmetic up to rounding order):
 
 * ``"qkv"`` (:func:`pack_qkv`): one ``MatMul`` against the concatenated q / k / v weights
@@ -18,6 +18,10 @@ re-expression of the graph (same weights, same arithmetic up to rounding order):
   ``com.microsoft.MoE`` node with a single expert (router of zeros: softmax weight 1), the
   gate and up weights interleaved into one fused-SwiGLU projection (``swiglu_fusion=1``,
   the layout both the CPU and CUDA kernels accept).
+* ``"swiglu"`` (:func:`fuse_swiglu`): the gate and up projections become one ``MatMul``
+  against ``[W_gate | W_up]`` and the SiLU-gated product one ``ai.embedrank.SwiGLU``, a
+  custom op of embedrank's own library (:mod:`embedrank.ops`, CPU and CUDA kernels): one
+  element-wise pass instead of ONNX Runtime's two. The model then needs that library built.
 
 Each function returns how many sites it rewrote; unused nodes and initializers are removed.
 """
@@ -27,9 +31,10 @@ from __future__ import annotations
 import numpy as np
 
 from embedrank.errors import InputError
+from embedrank.ops import DOMAIN as OPS_DOMAIN
 
 MS = "com.microsoft"
-REWRITES = ("qkv", "moe")
+REWRITES = ("qkv", "moe", "swiglu")
 MIN_ORT_QK_NORM = "1.31"  # the first ONNX Runtime whose GroupQueryAttention takes q_norm_weight
 
 
@@ -175,11 +180,10 @@ def _router(graph, first, dtype):
     return [shape, tokens, dims, router]
 
 
-def mlp_as_moe(model) -> int:
-    """SwiGLU MLPs -> one single-expert ``com.microsoft.MoE`` each (see module)."""
-    import onnx_ir as ir
-
-    graph, count, routers = model.graph, 0, {}
+def _swiglu_mlps(graph):
+    """Each ``down(silu(gate(x)) * up(x))`` with constant 2-D weights and no biases:
+    (down MatMul, gate MatMul, W_gate, W_up, W_down); a list, so callers may edit the graph."""
+    found = []
     for down in [n for n in graph if n.op_type == "MatMul"]:
         gated = _silu_gate(down.inputs[0]) if _only_use(down.inputs[0]) else None
         if gated is None:
@@ -187,9 +191,18 @@ def mlp_as_moe(model) -> int:
         gate_mm, up_mm = _producer(gated[0], "MatMul"), _producer(gated[1], "MatMul")
         if gate_mm is None or up_mm is None or gate_mm.inputs[0] is not up_mm.inputs[0]:
             continue
-        w_gate, w_up, w_down = (_const(m.inputs[1]) for m in (gate_mm, up_mm, down))
-        if any(w is None or w.ndim != 2 for w in (w_gate, w_up, w_down)):
-            continue
+        weights = [_const(m.inputs[1]) for m in (gate_mm, up_mm, down)]
+        if all(w is not None and w.ndim == 2 for w in weights):
+            found.append((down, gate_mm, *weights))
+    return found
+
+
+def mlp_as_moe(model) -> int:
+    """SwiGLU MLPs -> one single-expert ``com.microsoft.MoE`` each (see module)."""
+    import onnx_ir as ir
+
+    graph, count, routers = model.graph, 0, {}
+    for down, gate_mm, w_gate, w_up, w_down in _swiglu_mlps(graph):
         x = gate_mm.inputs[0]
         fc1 = np.stack([w_gate.T, w_up.T], axis=1).reshape(1, -1, w_gate.shape[0])  # rows g0 u0 g1 u1..
         key = str(x.shape) if x.shape is not None else id(x)  # the last layer: pooled rows only
@@ -213,6 +226,29 @@ def mlp_as_moe(model) -> int:
     return count
 
 
+def fuse_swiglu(model) -> int:
+    """gate / up MatMuls + SiLU + product -> one MatMul against [W_gate | W_up] and one
+    ``ai.embedrank.SwiGLU`` (embedrank's custom-op library, :mod:`embedrank.ops`)."""
+    import onnx_ir as ir
+
+    graph, count = model.graph, 0
+    for down, gate_mm, w_gate, w_up, _ in _swiglu_mlps(graph):
+        name = f"{down.name or 'mlp'}_{count}_gate_up"
+        packed = ir.node("MatMul", [gate_mm.inputs[0], _initializer(graph, name, np.concatenate(
+            [w_gate, w_up], axis=1))], name=name)
+        swiglu = ir.node("SwiGLU", [packed.outputs[0]], domain=OPS_DOMAIN, name=f"{name}_swiglu")
+        graph.insert_before(down, [packed, swiglu])
+        gated = down.inputs[0]
+        packed.outputs[0].dtype = swiglu.outputs[0].dtype = gated.dtype
+        swiglu.outputs[0].shape = gated.shape
+        down.replace_input_with(0, swiglu.outputs[0])
+        count += 1
+    _cleanup(model)
+    if count:
+        model.opset_imports[OPS_DOMAIN] = 1
+    return count
+
+
 def _cleanup(model) -> None:
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
@@ -231,6 +267,8 @@ def apply(model, rewrites, fold_norms: bool) -> dict[str, int]:
     for name in rewrites:
         if name == "qkv":
             done["qkv"], done["qkv_norms"] = pack_qkv(model, fold_norms)
-        else:
+        elif name == "moe":
             done["moe"] = mlp_as_moe(model)
+        else:
+            done["swiglu"] = fuse_swiglu(model)
     return done

@@ -39,7 +39,8 @@ from embedrank.export.gqa import ONNX_TRANSLATION, RightPaddedGraph, gqa_attenti
 FUSED_OPSET = 20
 # fused op type -> the onnxscript fusion counts that produce it
 FUSED_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
-             "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "MoE")
+             "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "MoE",
+             "SwiGLU")  # SwiGLU: ai.embedrank (embedrank.ops), the "swiglu" rewrite
 REQUIRED_OPS = ("SimplifiedLayerNormalization", "MultiHeadAttention")
 
 

@@ -23,6 +23,8 @@ from embedrank.export.cuda_rewrites import MIN_ORT_QK_NORM, REWRITES
 from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
+from embedrank.ops import DOMAIN as OPS_DOMAIN
+from embedrank.ops import find_library
 from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids
 
 # torch dtype the module is loaded in; "int8" exports an fp32 graph, then quantizes it
@@ -157,7 +159,8 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
     (rewrite "qkv"). CPU: fp32 (no int8 recipe meets the ranking bar), fused,
     GroupQueryAttention. int8 starts from the TorchScript graph (its recipes select layers by
     that graph's node names); fp32 on CUDA uses MultiHeadAttention (GroupQueryAttention has
-    fp16 / bf16 CUDA kernels only). The "moe" rewrite is never a default (slower, see docs).
+    fp16 / bf16 CUDA kernels only). The "moe" rewrite is never a default (slower, see docs), nor
+    is "swiglu" (it needs embedrank's custom-op library built: ``embedrank ops build``).
     """
     dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if dtype not in DTYPES:
@@ -181,6 +184,8 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
         raise InputError(f"rewrites must be distinct names of {REWRITES}, got {rewrites!r}")
     if rewrites and attention != "gqa":
         raise InputError("graph rewrites apply to the fused GroupQueryAttention graph only")
+    if {"moe", "swiglu"} <= set(rewrites):
+        raise InputError("the moe and swiglu rewrites both replace the MLP: choose one")
     return dtype, optimize, attention, rewrites
 
 
@@ -209,6 +214,8 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     strict_rewrites = rewrites is not None  # asked for: every layer; the device default: where it fits
     dtype, optimize, attention, rewrites = resolve_variant(device, dtype, optimize, attention, rewrites)
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
+    if "swiglu" in rewrites:  # before anything is exported: the parity check will need it
+        find_library(cuda=device.startswith("cuda"))
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
     _prepare_out(out, overwrite)
@@ -233,6 +240,8 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
             if extra["fused_ops"].get("rewrite_qkv_norms"):  # ONNX Runtime's in-op q / k norm:
                 extra["requires_device"] = "cuda"  # CUDA only, from ONNX Runtime 1.31
                 extra["min_onnxruntime"] = MIN_ORT_QK_NORM
+            if extra["fused_ops"].get("rewrite_swiglu"):  # the runtime registers embedrank.ops
+                extra["custom_ops"] = {"domain": OPS_DOMAIN, "ops": ["SwiGLU"]}
         else:
             extra["exporter"] = "torch.onnx TorchScript"
             _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device, module)

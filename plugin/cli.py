@@ -53,7 +53,8 @@ def _export_options(fn):
                           "fp32 on cuda]."),
         click.option("--rewrites", default=None, metavar="LIST",
                      help="Graph rewrites of the fused GQA graph, comma-separated: qkv (packed QKV, "
-                          "q/k norms in the op; CUDA), moe (MLP as one MoE op), or none "
+                          "q/k norms in the op; CUDA), swiglu (one fused SwiGLU kernel; needs "
+                          "`embedrank ops build`), moe (MLP as one MoE op), or none "
                           "[default: qkv on cuda, none on cpu]."),
         click.option("--int8-recipe", default=None,
                      help="With --dtype int8: a recipe of docs/int8.md [default: int8-block32]."),
@@ -94,7 +95,8 @@ def _rewrites(text: str | None) -> tuple[str, ...] | None:
         return ()
     names = tuple(r.strip() for r in text.split(",") if r.strip())
     if not names:
-        raise click.BadParameter("give rewrite names (qkv, moe) or 'none'", param_hint="--rewrites")
+        raise click.BadParameter("give rewrite names (qkv, swiglu, moe) or 'none'",
+                                 param_hint="--rewrites")
     return names
 
 
@@ -134,8 +136,9 @@ def verify(model_dir, src, device, json_out) -> None:
 # Subcommands live in their own modules (heavy imports stay inside their functions).
 from embedrank.plugin.cli_bench import bench  # noqa: E402
 from embedrank.plugin.cli_eval import eval_cmd  # noqa: E402
+from embedrank.plugin.cli_ops import ops  # noqa: E402
 from embedrank.plugin.cli_qdrant import demo, ingest, query  # noqa: E402
 from embedrank.plugin.cli_train import merge, synth, train  # noqa: E402
 
-for _command in (ingest, query, demo, train, merge, synth, eval_cmd, bench):
+for _command in (ingest, query, demo, train, merge, synth, eval_cmd, bench, ops):
     main.add_command(_command)

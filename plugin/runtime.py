@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedrank.errors import DeviceError, InputError, ManifestError, ModelDirError
+from embedrank.errors import DeviceError, InputError, ManifestError, ModelDirError, OpsError
 from embedrank.formats import (
     check_dim,
     check_instruction,
@@ -87,7 +87,8 @@ class _OnnxModel:
             raise ManifestError(f"the files in {str(self.path)!r} do not match the fingerprint in its "
                                 "manifest (changed or corrupted since export); re-export the model")
         self.tokenizer = _tokenizer(self.path / TOKENIZER_NAME)
-        self.session = _session(self.path / GRAPH_NAME, device, threads, self.static_shape, cuda_graph)
+        self.session = _session(self.path / GRAPH_NAME, device, threads, self.static_shape, cuda_graph,
+                                _ops_library(self.manifest.extra.get("custom_ops"), device, self.path))
         self._check_graph()
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
@@ -205,6 +206,18 @@ def _check_onnxruntime(minimum: str | None, path: Path) -> None:
                           f"pip install -U 'onnxruntime-gpu>={minimum}', or re-export without --rewrites qkv")
 
 
+def _ops_library(custom_ops: dict | None, device: str, path: Path) -> Path | None:
+    """embedrank's custom-op library for a model whose graph uses it (the "swiglu" rewrite)."""
+    if not custom_ops:
+        return None
+    from embedrank.ops import DOMAIN, find_library
+
+    if custom_ops.get("domain") != DOMAIN:
+        raise ManifestError(f"{str(path)!r} needs custom ops of domain {custom_ops.get('domain')!r}, "
+                            f"not embedrank's {DOMAIN!r}; re-export the model")
+    return find_library(cuda=device != "cpu")
+
+
 def _device_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
 
@@ -229,7 +242,8 @@ def _tokenizer(path: Path):
 
 
 def _session(path: Path, device: str, threads: int | None,
-             static_shape: tuple[int, int] | None = None, cuda_graph: bool = False):
+             static_shape: tuple[int, int] | None = None, cuda_graph: bool = False,
+             ops_library: Path | None = None):
     import onnxruntime as ort
 
     providers = providers_for(device)
@@ -240,6 +254,12 @@ def _session(path: Path, device: str, threads: int | None,
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if ops_library is not None:
+        try:
+            options.register_custom_ops_library(str(ops_library))
+        except Exception as exc:  # onnxruntime raises its own Fail type
+            raise OpsError(f"ONNX Runtime cannot load the ops library {str(ops_library)!r} ({exc}); "
+                           "rebuild it with `embedrank ops build --force`") from None
     if static_shape is not None:
         # fix the input axes by name when the graph is loaded: the same optimized graph as an
         # onnx-edited copy with fixed dims (checked on ORT 1.32), without needing onnx (not a

@@ -104,3 +104,19 @@ def torch_reranker(tiny_ckpt):
     from embedrank.train import Reranker
 
     return Reranker.from_pretrained(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """Llama architecture (no q/k norms), the real Qwen3 tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("llama") / "tiny-llama"
+    config = LlamaConfig(vocab_size=151669, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1)
+    torch.manual_seed(1)
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(out)
+    return out

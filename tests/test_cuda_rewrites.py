@@ -30,23 +30,6 @@ def _weights(graph) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """Llama architecture (no q/k norms), the real Qwen3 tokenizer."""
-    import torch
-    from conftest import qwen_tokenizer_dir
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("llama") / "tiny-llama"
-    config = LlamaConfig(vocab_size=151669, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1)
-    torch.manual_seed(1)
-    LlamaForCausalLM(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny_qwen2(tmp_path_factory):
     """Qwen2 architecture: q/k/v projections with biases, no q/k norms."""
     import torch
@@ -198,6 +181,6 @@ def test_cli_rewrites_option(tiny_ckpt, tmp_path):
     with pytest.raises(click.BadParameter, match="rewrite names"):
         _rewrites(" , ")
     result = CliRunner().invoke(main, ["export", "embedder", str(tiny_ckpt), str(tmp_path / "x"),
-                                       "--rewrites", "swiglu"])
+                                       "--rewrites", "bogus"])
     assert result.exit_code == 1 and "rewrites must be distinct names" in result.output
     assert not (tmp_path / "x").exists()

@@ -209,7 +209,7 @@ def test_export_defaults_per_device():
     with pytest.raises(InputError, match="rewrites must be distinct names"):
         resolve_variant("cuda", rewrites=("qkv", "qkv"))
     with pytest.raises(InputError, match="rewrites must be distinct names"):
-        resolve_variant("cuda", rewrites=("swiglu",))
+        resolve_variant("cuda", rewrites=("gelu",))
     with pytest.raises(InputError, match="GroupQueryAttention graph only"):
         resolve_variant("cpu", attention="mha", rewrites=("moe",))
     with pytest.raises(InputError, match="attention applies to the fused export only"):

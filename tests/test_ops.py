@@ -1,0 +1,219 @@
+"""embedrank's custom-op library (embedrank/ops) and the "swiglu" rewrite that uses it: the
+kernel against NumPy, the build (headers from Debian's package, CPU and CUDA builds), the
+rewritten export against the plain one, and the runtime's errors when the library is missing."""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from embedrank import ops
+from embedrank.errors import InputError, ManifestError, OpsError
+from embedrank.export import export_model
+from embedrank.export.onnx import resolve_variant
+from embedrank.plugin import Embedder, Reranker
+from embedrank.plugin.cli import main
+
+TEXTS = ["short", "a somewhat longer document about vector databases and rerankers", "x " * 30]
+
+
+@pytest.fixture(scope="module")
+def headers():
+    """ONNX Runtime's C API headers as a user gets them (scripts/setup.sh fetched them once)."""
+    return ops.ort_headers()
+
+
+@pytest.fixture(scope="module")
+def library(headers, tmp_path_factory):
+    """A CPU build, registered for the module through $EMBEDRANK_OPS_LIBRARY."""
+    path = ops.build(cuda=False, out=tmp_path_factory.mktemp("ops") / "libembedrank_ops.so",
+                     ort_include=headers)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ops.LIBRARY_ENV, str(path))
+        yield path
+
+
+def _swiglu_session(library, elem, width):
+    node = helper.make_node("SwiGLU", ["x"], ["y"], domain=ops.DOMAIN)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, ["b", "s", width])],
+                              [helper.make_tensor_value_info("y", elem, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, 1)], ir_version=10)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(library))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-6), (np.float16, 1e-3)])
+def test_swiglu_kernel_matches_numpy(library, dtype, tol):
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    x = np.random.default_rng(0).normal(0, 3, (2, 5, 14)).astype(dtype)
+    y = _swiglu_session(library, elem, 14).run(None, {"x": x})[0]
+    gate, up = x[..., :7].astype(np.float64), x[..., 7:].astype(np.float64)
+    assert y.dtype == dtype and y.shape == (2, 5, 7)
+    np.testing.assert_allclose(y.astype(np.float64), gate / (1 + np.exp(-gate)) * up, rtol=tol, atol=tol)
+    assert _swiglu_session(library, elem, 14).run(None, {"x": x[:, :0]})[0].shape == (2, 0, 7)
+
+
+def test_swiglu_kernel_refuses_an_odd_width(library):
+    with pytest.raises(Exception, match="last axis holds \\[gate \\| up\\] and must be even"):
+        _swiglu_session(library, TensorProto.FLOAT, "w").run(None, {"x": np.ones((1, 2, 5), np.float32)})
+
+
+def test_cuda_build_compiles_and_still_serves_the_cpu(headers, tmp_path):
+    if ops.find_nvcc() is None:
+        pytest.skip("no nvcc on this machine")
+    path = ops.build(cuda=True, out=tmp_path / "libembedrank_ops_cuda.so", archs=("90",), ort_include=headers)
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(path)], capture_output=True, text=True).stdout
+    names = [line.split()[-1] for line in symbols.splitlines()]
+    exported = sorted(name for name in names if not name.startswith("_"))
+    assert exported == ["RegisterCustomOps"]  # everything else hidden
+    x = np.linspace(-4, 4, 12, dtype=np.float32).reshape(1, 1, 12)
+    y = _swiglu_session(path, TensorProto.FLOAT, 12).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y[0, 0], x[0, 0, :6] / (1 + np.exp(-x[0, 0, :6])) * x[0, 0, 6:], rtol=1e-6)
+
+
+def _deb(members: dict[str, bytes]) -> bytes:
+    """A .deb: an ar archive of debian-binary, control.tar.xz and data.tar.xz."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    out = b"!<arch>\n"
+    parts = (("debian-binary", b"2.0\n"), ("control.tar.xz", b"ctl"), ("data.tar.xz", data.getvalue()))
+    for name, blob in parts:
+        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(blob):<10}`\n".encode() + blob
+        out += b"\n" if len(blob) % 2 else b""
+    return out
+
+
+def test_headers_come_from_the_pinned_debian_package(tmp_path, monkeypatch):
+    deb = _deb({"./usr/include/onnxruntime/onnxruntime_cxx_api.h": b"// api\n",
+                "./usr/include/onnxruntime/core/x.h": b"x", "./usr/share/doc/readme": b"no",
+                "./usr/include/onnxruntime/../../../evil.h": b"no"})
+    ops._unpack_deb_headers(deb, tmp_path / "h")
+    found = sorted(str(p.relative_to(tmp_path / "h")) for p in (tmp_path / "h").rglob("*") if p.is_file())
+    assert found == ["core/x.h", "onnxruntime_cxx_api.h"]
+    with pytest.raises(OpsError, match="not a .deb"):
+        ops._unpack_deb_headers(b"PK\x03\x04", tmp_path / "z")
+
+    class _Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ORT_INCLUDE", raising=False)
+    monkeypatch.setattr(ops, "SYSTEM_HEADERS", tmp_path / "none")
+    monkeypatch.setattr(ops.urllib.request, "urlopen", lambda url, timeout: _Response(deb))
+    with pytest.raises(OpsError, match="does not match its pinned SHA-256"):
+        ops.ort_headers()
+    assert not (tmp_path / "cache" / "ops" / "onnxruntime-headers-1.21").exists()
+    monkeypatch.setattr(ops, "HEADERS_DEB", (ops.HEADERS_DEB[0], hashlib.sha256(deb).hexdigest()))
+    assert (ops.ort_headers() / "onnxruntime_cxx_api.h").read_bytes() == b"// api\n"
+    with pytest.raises(OpsError, match="has no onnxruntime_cxx_api.h"):
+        ops.ort_headers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def swiglu_embedder(library, tiny_ckpt, tmp_path_factory):
+    return export_model("embedder", str(tiny_ckpt), tmp_path_factory.mktemp("sw") / "swiglu",
+                        rewrites=("swiglu",))
+
+
+def test_swiglu_rewrite_is_exact_and_holds_the_mlp_weights(swiglu_embedder, embedder_dir, torch_embedder):
+    result = swiglu_embedder
+    assert result.parity.passed and result.manifest.extra["rewrites"] == ["swiglu"]
+    assert result.manifest.extra["custom_ops"] == {"domain": "ai.embedrank", "ops": ["SwiGLU"]}
+    assert result.manifest.extra["fused_ops"]["rewrite_swiglu"] == 2
+    graph = onnx.load(str(result.out / "model.onnx")).graph
+    counts = Counter(n.op_type for n in graph.node)
+    plain = Counter(n.op_type for n in onnx.load(str(embedder_dir / "model.onnx")).graph.node)
+    assert counts["SwiGLU"] == 2 and counts["Sigmoid"] == 0 and counts["MatMul"] == plain["MatMul"] - 2
+    producer = {o: n for n in graph.node for o in n.output}
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for index, node in enumerate(n for n in graph.node if n.op_type == "SwiGLU"):
+        mlp = torch_embedder.model.layers[index].mlp
+        packed = weights[producer[node.input[0]].input[1]]
+        np.testing.assert_array_equal(packed, np.concatenate([mlp.gate_proj.weight.detach().numpy().T,
+                                                              mlp.up_proj.weight.detach().numpy().T], axis=1))
+    got = Embedder.load(result.out).embed_documents(TEXTS)
+    np.testing.assert_allclose(got, Embedder.load(embedder_dir).embed_documents(TEXTS), atol=2e-6)
+
+
+def test_swiglu_with_packed_qkv_reranker(library, tiny_llama, tmp_path):
+    plain = export_model("reranker", str(tiny_llama), tmp_path / "plain")
+    both = export_model("reranker", str(tiny_llama), tmp_path / "both", rewrites=("qkv", "swiglu"))
+    fused = both.manifest.extra["fused_ops"]
+    assert both.parity.passed and fused["rewrite_qkv"] == 2 and fused["rewrite_swiglu"] == 2
+    got = Reranker.load(both.out).score("what is qdrant", TEXTS)
+    ref = Reranker.load(plain.out).score("what is qdrant", TEXTS)
+    assert np.ptp(ref) > 1e-3  # the scores differ per document, so a mix-up would show
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_missing_library_is_a_clear_error_and_nothing_is_written(swiglu_embedder, tiny_ckpt, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.delenv(ops.LIBRARY_ENV)
+    monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(OpsError, match="not built: run `embedrank ops build`"):
+        Embedder.load(swiglu_embedder.out)
+    with pytest.raises(OpsError, match="not built with its CUDA kernel: run `embedrank ops build --cuda`"):
+        ops.find_library(cuda=True)
+    with pytest.raises(OpsError, match="not built"):
+        export_model("embedder", str(tiny_ckpt), tmp_path / "out", rewrites=("swiglu",))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv(ops.LIBRARY_ENV, str(tmp_path / "nope.so"))
+    with pytest.raises(OpsError, match="is not a file"):
+        Embedder.load(swiglu_embedder.out)
+    (tmp_path / "bad.so").write_bytes(b"not an elf")
+    monkeypatch.setenv(ops.LIBRARY_ENV, str(tmp_path / "bad.so"))
+    with pytest.raises(OpsError, match="cannot load the ops library"):
+        Embedder.load(swiglu_embedder.out)
+
+
+def test_foreign_custom_op_domain_is_refused(swiglu_embedder, library, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(swiglu_embedder.out, copy)
+    manifest = json.loads((copy / "embedrank.json").read_text())
+    manifest["extra"]["custom_ops"]["domain"] = "com.example"
+    (copy / "embedrank.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="custom ops of domain 'com.example'"):
+        Embedder.load(copy, check_fingerprint=False)
+
+
+def test_moe_and_swiglu_exclude_each_other():
+    with pytest.raises(InputError, match="both replace the MLP"):
+        resolve_variant("cuda", rewrites=("moe", "swiglu"))
+    assert resolve_variant("cuda", rewrites=("qkv", "swiglu"))[3] == ("qkv", "swiglu")
+
+
+def test_cli_ops_build_and_path(headers, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(ops.LIBRARY_ENV, raising=False)
+    result = CliRunner().invoke(main, ["ops", "path"])
+    assert result.exit_code == 1 and "not built" in result.output
+    result = CliRunner().invoke(main, ["ops", "build", "--cpu-only", "--ort-include", str(headers)])
+    assert result.exit_code == 0, result.output
+    built = result.output.strip().splitlines()[-1]
+    assert built == str(ops.default_library(False)) and os.path.isfile(built)
+    assert CliRunner().invoke(main, ["ops", "path"]).output.strip() == built
+    result = CliRunner().invoke(main, ["ops", "build", "--cpu-only", "--arch", "9x"])
+    assert result.exit_code == 0  # the build exists: reused (archs matter to CUDA builds only)
+    result = CliRunner().invoke(main, ["ops", "build", "--cpu-only", "--arch", "9x", "--force"])
+    assert result.exit_code == 1 and "compute capabilities" in result.output
