@@ -46,15 +46,22 @@ if DRY_RUN:
             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
     FIXED, VARIABLE, RERANK = (8, 32), (40, 8, 64), (10, 32)
 # name -> (kind, optimize, attention, rewrites); "onnx-fused-fp16" is the export default on CUDA
-# (rewrites None: the device default, packed QKV)
+# (rewrites None: the device default, packed QKV + fused SwiGLU where the ops library is built)
 EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None, ()),
            "onnx-fused-fp16": ("embedder", "fused", "gqa", None),
            "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa", None),
            "onnx-fused-plain-fp16": ("embedder", "fused", "gqa", ()),  # no rewrites (before qkv)
+           "onnx-fused-qkv-fp16": ("embedder", "fused", "gqa", ("qkv",)),  # the default before swiglu
+           "onnx-fused-qkv-fp16-reranker": ("reranker", "fused", "gqa", ("qkv",)),
            "onnx-fused-plain-fp16-reranker": ("reranker", "fused", "gqa", ()),
            "onnx-fused-mha-fp16": ("embedder", "fused", "mha", ()),
-           "onnx-fused-moe-fp16": ("embedder", "fused", "gqa", ("qkv", "moe"))}
-STATIC_VARIANTS = ("onnx-fused-fp16-static", "onnx-fused-fp16-cudagraph")  # 64 x 256 only
+           "onnx-fused-moe-fp16": ("embedder", "fused", "gqa", ("qkv", "moe")),
+           # embedrank's fused SwiGLU kernel asked for (embedrank.ops; $EMBEDRANK_OPS_LIBRARY on the device)
+           "onnx-fused-swiglu-fp16": ("embedder", "fused", "gqa", ("qkv", "swiglu")),
+           "onnx-fused-swiglu-fp16-reranker": ("reranker", "fused", "gqa", ("qkv", "swiglu"))}
+# an export through the runtime's static_shape mode (+ CUDA graph), 64 x 256 only: "<export>-<mode>"
+STATIC_VARIANTS = tuple(f"{base}-{mode}" for base in ("onnx-fused-fp16", "onnx-fused-swiglu-fp16")
+                        for mode in ("static", "cudagraph"))
 VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
 
 
@@ -212,11 +219,11 @@ def run_variant(name: str, work_dir: Path) -> dict:
             rr = onnx_backend(work_dir / f"{name}-reranker")
             for budget in (BUDGET, 32768):
                 res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
-    elif name in STATIC_VARIANTS:  # the default export through the runtime's static_shape mode
-        default = work_dir / "onnx-fused-fp16"
-        fn = onnx_backend(default, static_shape=FIXED, cuda_graph=name.endswith("cudagraph"))
+    elif name in STATIC_VARIANTS:
+        base = work_dir / name.rsplit("-", 1)[0]
+        fn = onnx_backend(base, static_shape=FIXED, cuda_graph=name.endswith("cudagraph"))
         res["fixed_tokens_per_s"] = measure_fixed_only(fn, work)
-        dynamic = onnx_backend(default)(work["fixed"])
+        dynamic = onnx_backend(base)(work["fixed"])
         res["max_abs_diff_vs_dynamic"] = float(np.abs(fn(work["fixed"]) - dynamic).max())
         return res
     elif name == "onnx-probes":  # is TensorRT usable? (CUDA graphs: the static variants above)
@@ -294,6 +301,8 @@ def run_export(name: str, work_dir: Path) -> dict:
     from embedrank.export import export_model
 
     kind, optimize, attention, rewrites = EXPORTS[name]
+    if DRY_RUN and rewrites:  # Qwen3's q / k norms pack on CUDA only
+        rewrites = tuple(r for r in rewrites if r != "qkv")
     start = time.perf_counter()
     result = export_model(kind, str(work_dir / "ckpt"), work_dir / name,
                           dtype="fp32" if DRY_RUN else "fp16", device=DEVICE, optimize=optimize,
@@ -316,12 +325,11 @@ def _subprocess(args: list[str], work_dir: Path) -> dict:
 
 def needed_exports(variants: str) -> str:
     """The exports the variants in ``variants`` read: each ONNX variant's own (with its reranker,
-    where defined), and the default export for the probes and the static-shape variants."""
+    where defined), and the export under each static-shape variant."""
     asked = variants.split(",")
     names = [v for v in asked if v in EXPORTS]
     names += [f"{v}-reranker" for v in names if f"{v}-reranker" in EXPORTS]
-    if set(STATIC_VARIANTS) & set(asked):
-        names.append("onnx-fused-fp16")
+    names += [v.rsplit("-", 1)[0] for v in asked if v in STATIC_VARIANTS]
     return ",".join(dict.fromkeys(names))
 
 

@@ -59,21 +59,28 @@ def memory_probe(model_dir: Path, rows: list, pad_id: int) -> dict:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return {"error": "no CUDA provider (dry run)"}
-    ids, mask = pad(rows, pad_id, read_manifest(model_dir).padding_side)
+    from embedrank.plugin.runtime import _ops_library
+
+    manifest = read_manifest(model_dir)
+    ids, mask = pad(rows, pad_id, manifest.padding_side)
+    library = _ops_library(manifest.extra.get("custom_ops"), "cuda", model_dir)
     res = {}
     for strategy in ("kNextPowerOfTwo", "kSameAsRequested"):
-        res[strategy] = _arena_run(model_dir / "model.onnx", strategy, ids, mask)
+        res[strategy] = _arena_run(model_dir / "model.onnx", strategy, ids, mask, library)
         gc.collect()
     return res
 
 
-def _arena_run(path: Path, strategy: str, ids: np.ndarray, mask: np.ndarray) -> dict:
+def _arena_run(path: Path, strategy: str, ids: np.ndarray, mask: np.ndarray, library=None) -> dict:
     import onnxruntime as ort
 
     from embedrank.export.gpu_bench import gpu_used_mib
 
     before = gpu_used_mib()
-    sess = ort.InferenceSession(str(path), providers=[
+    options = ort.SessionOptions()
+    if library is not None:  # embedrank's custom ops (the swiglu rewrite)
+        options.register_custom_ops_library(str(library))
+    sess = ort.InferenceSession(str(path), options, providers=[
         ("CUDAExecutionProvider", {"arena_extend_strategy": strategy})])
     loaded = gpu_used_mib()
     times = _timed(lambda: sess.run(None, {"input_ids": ids, "attention_mask": mask}), 10)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from embedrank.errors import InputError, ParityError
+from embedrank.errors import InputError, OpsError, ParityError
 from embedrank.export.cuda_rewrites import MIN_ORT_QK_NORM, REWRITES
 from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
@@ -34,6 +34,9 @@ DEFAULT_OPSET = 17  # TorchScript; the fused (dynamo) export uses FUSED_OPSET
 OPTIMIZE = ("fused", "none")
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB
 EXTERNAL_DATA_NAME = GRAPH_NAME + ".data"
+# the CUDA default: packed QKV with the q / k norms in GroupQueryAttention, and embedrank's fused
+# SwiGLU kernel (dropped, with a warning, where its library is not built: see _available_rewrites)
+CUDA_REWRITES = ("qkv", "swiglu")
 
 
 class _EmbedderGraph(nn.Module):
@@ -156,11 +159,11 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
     variant that passes parity (docs/performance.md, docs/bench.md, docs/int8.md).
 
     CUDA: fp16, fused, GroupQueryAttention with packed QKV and the q / k norms inside it
-    (rewrite "qkv"). CPU: fp32 (no int8 recipe meets the ranking bar), fused,
-    GroupQueryAttention. int8 starts from the TorchScript graph (its recipes select layers by
-    that graph's node names); fp32 on CUDA uses MultiHeadAttention (GroupQueryAttention has
-    fp16 / bf16 CUDA kernels only). The "moe" rewrite is never a default (slower, see docs), nor
-    is "swiglu" (it needs embedrank's custom-op library built: ``embedrank ops build``).
+    (rewrite "qkv") and embedrank's fused SwiGLU kernel (rewrite "swiglu"). CPU: fp32 (no int8
+    recipe meets the ranking bar), fused, GroupQueryAttention. int8 starts from the TorchScript
+    graph (its recipes select layers by that graph's node names); fp32 on CUDA uses
+    MultiHeadAttention (GroupQueryAttention has fp16 / bf16 CUDA kernels only). The "moe"
+    rewrite is never a default (slower, see docs).
     """
     dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if dtype not in DTYPES:
@@ -178,7 +181,7 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
     if attention is None and optimize == "fused":
         attention = "mha" if device.startswith("cuda") and dtype == "fp32" else "gqa"
     if rewrites is None:
-        rewrites = ("qkv",) if attention == "gqa" and device.startswith("cuda") else ()
+        rewrites = CUDA_REWRITES if attention == "gqa" and device.startswith("cuda") else ()
     rewrites = tuple(rewrites)
     if any(r not in REWRITES for r in rewrites) or len(set(rewrites)) != len(rewrites):
         raise InputError(f"rewrites must be distinct names of {REWRITES}, got {rewrites!r}")
@@ -207,14 +210,17 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     ``attention`` (fused only): "gqa" (right-padded GroupQueryAttention; the default) or "mha"
     (left-padded MultiHeadAttention; the default for fp32 on CUDA, where GQA has no kernel).
     ``rewrites`` (GQA only): graph rewrites of :mod:`embedrank.export.cuda_rewrites`; default
-    ``("qkv",)`` on CUDA, none on CPU.
+    :data:`CUDA_REWRITES` on CUDA (without "swiglu", warned, when ``embedrank ops build`` has not
+    been run), none on CPU.
     """
     if kind not in OUTPUT_NAMES:
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
     strict_rewrites = rewrites is not None  # asked for: every layer; the device default: where it fits
     dtype, optimize, attention, rewrites = resolve_variant(device, dtype, optimize, attention, rewrites)
+    if not strict_rewrites:
+        rewrites = _available_rewrites(rewrites, device)
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
-    if "swiglu" in rewrites:  # before anything is exported: the parity check will need it
+    if "swiglu" in rewrites:  # asked for: before anything is exported (the parity check needs it)
         find_library(cuda=device.startswith("cuda"))
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
@@ -266,6 +272,20 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, manifest, report)
+
+
+def _available_rewrites(rewrites: tuple[str, ...], device: str) -> tuple[str, ...]:
+    """The device default without "swiglu" when embedrank's ops library is not built (warned:
+    the export still works, about 8% slower on an H100, docs/performance.md)."""
+    if "swiglu" not in rewrites:
+        return rewrites
+    try:
+        find_library(cuda=device.startswith("cuda"))
+    except OpsError as exc:
+        warnings.warn(f"exporting without the fused SwiGLU kernel (about 8% slower on an H100): {exc}",
+                      stacklevel=3)
+        return tuple(r for r in rewrites if r != "swiglu")
+    return rewrites
 
 
 def _int8_plan(kind: str, dtype: str, recipe: str | None, calibration) -> tuple:

@@ -20,6 +20,10 @@ nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
 export LD_LIBRARY_PATH=$(find "$nv" -name 'lib*.so*' -printf '%h\n' | sort -u | paste -sd:):${LD_LIBRARY_PATH:-}
 export PYTHONPATH=/tmp/ortgpu:${PYTHONPATH:-}
 python3 -c 'import onnxruntime as o, onnxscript, onnx_ir, transformers, torch; print(o.__version__, o.get_available_providers(), onnxscript.__version__, onnx_ir.__version__, transformers.__version__, torch.__version__)'
+# embedrank's custom-op library, built here by `embedrank ops build --cuda --arch 90 --out ...`
+if [ -f .gpubench/ops/libembedrank_ops_cuda.so ]; then
+  export EMBEDRANK_OPS_LIBRARY=$PWD/.gpubench/ops/libembedrank_ops_cuda.so
+fi
 mkdir -p /tmp/gb
 [ -d /tmp/gb/tok ] || tar xzf .gpubench/tok.tgz -C /tmp/gb
 python3 -m embedrank.export.gpu_bench "$@" --work /tmp/gb --tokenizer /tmp/gb/tok --json /tmp/gb/result.json

@@ -104,3 +104,5 @@ def test_gpu_bench_prepares_only_the_exports_its_variants_read():
     assert needed_exports("onnx-probes") == ""
     assert needed_exports("onnx-fused-plain-fp16,onnx-fused-fp16-static") == \
         "onnx-fused-plain-fp16,onnx-fused-plain-fp16-reranker,onnx-fused-fp16"
+    assert needed_exports("onnx-fused-swiglu-fp16-cudagraph,onnx-fused-swiglu-fp16") == \
+        "onnx-fused-swiglu-fp16,onnx-fused-swiglu-fp16-reranker"

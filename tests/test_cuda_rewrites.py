@@ -123,14 +123,20 @@ def test_packed_qkv_keeps_the_qkv_biases(tiny_qwen2, tmp_path):
 
 
 def test_device_default_rewrites_where_it_fits_and_records_it(tiny_ckpt, tmp_path, monkeypatch):
-    """The CUDA default (rewrites=None -> qkv) never fails an export; asked-for rewrites must fit."""
+    """The CUDA default (rewrites=None -> qkv, swiglu) never fails an export: qkv where it fits,
+    swiglu dropped with a warning when the ops library is not built; asked-for rewrites must fit."""
+    from embedrank import ops
     from embedrank.export import onnx as onnx_export
 
     resolve = onnx_export.resolve_variant
-    monkeypatch.setattr(onnx_export, "resolve_variant",
-                        lambda *a: (*resolve(*a)[:3], ("qkv",)))  # the CUDA default, on CPU
-    result = export_model("embedder", str(tiny_ckpt), tmp_path / "default")
+    monkeypatch.setattr(onnx_export, "resolve_variant",  # the CUDA default, on CPU
+                        lambda *a: (*resolve(*a)[:3], onnx_export.CUDA_REWRITES))
+    monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "no-ops"))
+    monkeypatch.delenv(ops.LIBRARY_ENV, raising=False)
+    with pytest.warns(UserWarning, match="without the fused SwiGLU kernel.*embedrank ops build"):
+        result = export_model("embedder", str(tiny_ckpt), tmp_path / "default")
     assert result.manifest.extra["fused_ops"]["rewrite_qkv"] == 0  # q/k norms: CUDA only
+    assert result.manifest.extra["rewrites"] == ["qkv"] and "custom_ops" not in result.manifest.extra
     assert "requires_device" not in result.manifest.extra and result.parity.passed
 
 

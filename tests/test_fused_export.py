@@ -199,7 +199,7 @@ def test_compare_runs_exports_side_by_side(mha_embedder, fused_embedder, tiny_ck
 def test_export_defaults_per_device():
     from embedrank.export.onnx import resolve_variant
 
-    assert resolve_variant("cuda") == ("fp16", "fused", "gqa", ("qkv",))
+    assert resolve_variant("cuda") == ("fp16", "fused", "gqa", ("qkv", "swiglu"))
     assert resolve_variant("cuda", rewrites=()) == ("fp16", "fused", "gqa", ())
     assert resolve_variant("cuda:1", "fp32") == ("fp32", "fused", "mha", ())  # GQA: no fp32 kernel
     assert resolve_variant("cpu") == ("fp32", "fused", "gqa", ())

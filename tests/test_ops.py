@@ -197,6 +197,17 @@ def test_foreign_custom_op_domain_is_refused(swiglu_embedder, library, tmp_path)
         Embedder.load(copy, check_fingerprint=False)
 
 
+def test_device_default_takes_swiglu_when_the_library_is_built(library, tiny_llama, tmp_path, monkeypatch):
+    from embedrank.export import onnx as onnx_export
+
+    resolve = onnx_export.resolve_variant
+    monkeypatch.setattr(onnx_export, "resolve_variant",  # the CUDA default, on CPU
+                        lambda *a: (*resolve(*a)[:3], onnx_export.CUDA_REWRITES))
+    result = export_model("embedder", str(tiny_llama), tmp_path / "default")
+    assert result.manifest.extra["rewrites"] == ["qkv", "swiglu"] and result.parity.passed
+    assert result.manifest.extra["fused_ops"]["rewrite_swiglu"] == 2
+
+
 def test_moe_and_swiglu_exclude_each_other():
     with pytest.raises(InputError, match="both replace the MLP"):
         resolve_variant("cuda", rewrites=("moe", "swiglu"))
