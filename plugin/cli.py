@@ -55,7 +55,8 @@ def _export_options(fn):
                      help="Graph rewrites of the fused GQA graph, comma-separated: qkv (packed QKV, "
                           "q/k norms in the op; CUDA), swiglu (one fused SwiGLU kernel; needs "
                           "`embedrank ops build`), moe (MLP as one MoE op), or none "
-                          "[default: qkv on cuda, none on cpu]."),
+                          "[default: qkv,swiglu on cuda (swiglu only once the library is built), "
+                          "none on cpu]."),
         click.option("--int8-recipe", default=None,
                      help="With --dtype int8: a recipe of docs/int8.md [default: int8-block32]."),
         click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,

@@ -88,7 +88,7 @@ class _OnnxModel:
                                 "manifest (changed or corrupted since export); re-export the model")
         self.tokenizer = _tokenizer(self.path / TOKENIZER_NAME)
         self.session = _session(self.path / GRAPH_NAME, device, threads, self.static_shape, cuda_graph,
-                                _ops_library(self.manifest.extra.get("custom_ops"), device, self.path))
+                                self.manifest.extra.get("custom_ops"))
         self._check_graph()
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
@@ -243,10 +243,11 @@ def _tokenizer(path: Path):
 
 def _session(path: Path, device: str, threads: int | None,
              static_shape: tuple[int, int] | None = None, cuda_graph: bool = False,
-             ops_library: Path | None = None):
+             custom_ops: dict | None = None):
     import onnxruntime as ort
 
     providers = providers_for(device)
+    ops_library = _ops_library(custom_ops, device, path.parent)  # after the device is checked
     if cuda_graph:
         name, provider_options = providers[0]
         providers[0] = (name, {**provider_options, "enable_cuda_graph": "1"})

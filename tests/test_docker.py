@@ -119,6 +119,9 @@ def test_dockerfile_gpu_runtime_only() -> None:
     )
     assert re.search(r'^ENTRYPOINT \["embedrank"\]$', text, re.MULTILINE)
     commands = _dockerfile_commands()
+    # ubuntu:24.04 images already hold a user `ubuntu` with UID 1000: it goes first
+    assert commands.index("userdel --remove ubuntu") + 1 == commands.index(
+        "useradd --create-home --uid 1000 embedrank")
     installs = [c for c in commands if c.startswith("pip install")]
     bare_cpu = re.compile(r"""^["']?onnxruntime([=<>!~].*)?["']?$""")
     for cmd in installs:  # never the CPU wheel by name

@@ -66,6 +66,42 @@ def test_swiglu_kernel_matches_numpy(library, dtype, tol):
     assert _swiglu_session(library, elem, 14).run(None, {"x": x[:, :0]})[0].shape == (2, 0, 7)
 
 
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="the CUDA kernel needs onnxruntime-gpu and a GPU (run on the lent device)")
+@pytest.mark.parametrize("width", [2 * 3072, 2 * 13, 2 * 8])  # vectorized, one-element, one vector
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16])
+def test_cuda_kernel_matches_numpy(headers, tmp_path_factory, width, elem):
+    path = ops.build(cuda=True, out=tmp_path_factory.getbasetemp() / "cuda" / "lib.so", ort_include=headers)
+    node = helper.make_node("SwiGLU", ["x"], ["y"], domain=ops.DOMAIN)
+    cast_in = helper.make_node("Cast", ["x32"], ["x"], to=elem)
+    cast_out = helper.make_node("Cast", ["y"], ["y32"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([cast_in, node, cast_out], "g",
+                              [helper.make_tensor_value_info("x32", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("y32", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, 1)], ir_version=10)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(path))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+    x = np.random.default_rng(1).normal(0, 3, (300, width)).astype(np.float32)
+    got = session.run(None, {"x32": x})[0]
+    np.testing.assert_array_equal(got, session.run(None, {"x32": x})[0])  # deterministic
+    inputs = _rounded(x, elem).astype(np.float64)  # what the kernel reads
+    gate, up = inputs[:, : width // 2], inputs[:, width // 2:]
+    tol = {TensorProto.FLOAT: 1e-5, TensorProto.FLOAT16: 2e-3, TensorProto.BFLOAT16: 1.6e-2}[elem]
+    np.testing.assert_allclose(got, gate / (1 + np.exp(-gate)) * up, rtol=tol, atol=tol)
+
+
+def _rounded(x: np.ndarray, elem: int) -> np.ndarray:
+    """float32 values rounded to ``elem`` (round to nearest even), as ONNX Cast does."""
+    if elem == TensorProto.FLOAT16:
+        return x.astype(np.float16).astype(np.float32)
+    if elem == TensorProto.BFLOAT16:
+        bits = x.view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    return x
+
+
 def test_swiglu_kernel_refuses_an_odd_width(library):
     with pytest.raises(Exception, match="last axis holds \\[gate \\| up\\] and must be even"):
         _swiglu_session(library, TensorProto.FLOAT, "w").run(None, {"x": np.ones((1, 2, 5), np.float32)})
@@ -225,6 +261,7 @@ def test_cli_ops_build_and_path(headers, tmp_path, monkeypatch):
     assert built == str(ops.default_library(False)) and os.path.isfile(built)
     assert CliRunner().invoke(main, ["ops", "path"]).output.strip() == built
     result = CliRunner().invoke(main, ["ops", "build", "--cpu-only", "--arch", "9x"])
-    assert result.exit_code == 0  # the build exists: reused (archs matter to CUDA builds only)
-    result = CliRunner().invoke(main, ["ops", "build", "--cpu-only", "--arch", "9x", "--force"])
-    assert result.exit_code == 1 and "compute capabilities" in result.output
+    assert result.exit_code == 0  # archs matter to CUDA builds only
+    result = CliRunner().invoke(main, ["ops", "build", "--cuda", "--arch", "9x", "--force"])
+    need = "compute capabilities" if ops.find_nvcc() else "needs nvcc"
+    assert result.exit_code == 1 and need in result.output

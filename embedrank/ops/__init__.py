@@ -10,7 +10,8 @@ that in their manifest and the runtime registers it with the session.
 Headers: ``--ort-include DIR`` / ``$ORT_INCLUDE``, else ``/usr/include/onnxruntime`` (Debian's
 ``libonnxruntime-dev``), else that Debian package is fetched from deb.debian.org, checked against
 its pinned SHA-256 and unpacked into the cache (the C API is backward compatible: a library
-built against API 21 loads in every later ONNX Runtime).
+built against API 21 loads in every later ONNX Runtime; one built against newer headers needs an
+ONNX Runtime at least that new, and refuses older ones with an error saying so).
 """
 
 from __future__ import annotations
@@ -124,9 +125,13 @@ def ort_headers(include: str | os.PathLike | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".headers.", dir=_mkdir(cache_dir())))
     try:
         _unpack_deb_headers(deb, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        if not (tmp / "onnxruntime_cxx_api.h").is_file():
+            raise OpsError(f"{url} holds no onnxruntime_cxx_api.h under usr/include/onnxruntime")
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process unpacked them first
+            if not (dest / "onnxruntime_cxx_api.h").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -160,13 +165,13 @@ def build(cuda: bool | None = None, out: str | os.PathLike | None = None,
     cuda = nvcc is not None if cuda is None else cuda
     if cuda and nvcc is None:
         raise OpsError("--cuda needs nvcc (the CUDA toolkit) on PATH or in $CUDA_HOME/bin")
-    if not cuda and shutil.which("g++") is None:
+    if shutil.which("g++") is None:
         raise OpsError("building the ops library needs g++")
+    if cuda and (not archs or not all(a.isdigit() for a in archs)):
+        raise OpsError(f"archs must be compute capabilities such as 90 (sm_90), got {archs!r}")
     target = Path(out) if out is not None else default_library(cuda)
     if target.is_file() and not force:
         return target
-    if not archs or not all(a.isdigit() for a in archs):
-        raise OpsError(f"archs must be compute capabilities such as 90 (sm_90), got {archs!r}")
     include = ort_headers(ort_include)
     _mkdir(target.parent)
     work = Path(tempfile.mkdtemp(prefix=".build.", dir=target.parent))

@@ -14,8 +14,8 @@ namespace embedrank {
 enum class DType : int { kFloat = 1, kFloat16 = 10, kBFloat16 = 16 };
 
 #ifdef EMBEDRANK_WITH_CUDA
-// Launches the kernel on `stream` (a cudaStream_t); returns a cudaError_t (0 on success).
-int SwiGLUCuda(const void* x, void* y, int64_t rows, int64_t inter, DType dtype, void* stream);
+// Launches the kernel on `stream` (a cudaStream_t); nullptr on success, else CUDA's error text.
+const char* SwiGLUCuda(const void* x, void* y, int64_t rows, int64_t inter, DType dtype, void* stream);
 #endif
 
 }  // namespace embedrank

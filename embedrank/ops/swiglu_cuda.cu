@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "swiglu.h"
@@ -49,16 +50,32 @@ __global__ void SwiGLUKernel(const T* __restrict__ x, T* __restrict__ y, int64_t
   }
 }
 
+// multiprocessors of the current device (queried once per device)
+cudaError_t Multiprocessors(int* sms) {
+  constexpr int kDevices = 64;
+  static std::atomic<int> cache[kDevices];  // zero: not queried yet
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return status;
+  if (device < kDevices && cache[device] > 0) {
+    *sms = cache[device];
+    return cudaSuccess;
+  }
+  status = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  if (status == cudaSuccess && device < kDevices) cache[device] = *sms;
+  return status;
+}
+
 template <typename T>
-int Launch(const void* x, void* y, int64_t rows, int64_t inter, cudaStream_t stream) {
+cudaError_t Launch(const void* x, void* y, int64_t rows, int64_t inter, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kThreads = 256;
   const bool aligned = inter % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(y) % 16 == 0;
   const int64_t work = rows * inter / (aligned ? kVec : 1);
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  int sms = 0;
+  const cudaError_t status = Multiprocessors(&sms);
+  if (status != cudaSuccess) return status;
   const int64_t wanted = (work + kThreads - 1) / kThreads;
   const int blocks = static_cast<int>(wanted < sms * 32LL ? wanted : sms * 32LL);
   const T* in = static_cast<const T*>(x);
@@ -68,19 +85,20 @@ int Launch(const void* x, void* y, int64_t rows, int64_t inter, cudaStream_t str
   } else {
     SwiGLUKernel<T, 1><<<blocks, kThreads, 0, stream>>>(in, out, rows, inter);
   }
-  return static_cast<int>(cudaGetLastError());
+  return cudaGetLastError();
 }
 
 }  // namespace
 
-int SwiGLUCuda(const void* x, void* y, int64_t rows, int64_t inter, DType dtype, void* stream) {
+const char* SwiGLUCuda(const void* x, void* y, int64_t rows, int64_t inter, DType dtype, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cudaError_t status = cudaErrorInvalidValue;
   switch (dtype) {
-    case DType::kFloat: return Launch<float>(x, y, rows, inter, s);
-    case DType::kFloat16: return Launch<__half>(x, y, rows, inter, s);
-    case DType::kBFloat16: return Launch<__nv_bfloat16>(x, y, rows, inter, s);
+    case DType::kFloat: status = Launch<float>(x, y, rows, inter, s); break;
+    case DType::kFloat16: status = Launch<__half>(x, y, rows, inter, s); break;
+    case DType::kBFloat16: status = Launch<__nv_bfloat16>(x, y, rows, inter, s); break;
   }
-  return static_cast<int>(cudaErrorInvalidValue);
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }
 
 }  // namespace embedrank

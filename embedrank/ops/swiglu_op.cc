@@ -93,9 +93,12 @@ struct SwiGLUKernel {
         return Error("ai.embedrank.SwiGLU takes float, float16 or bfloat16, got type " +
                      std::to_string(static_cast<int>(type)));
     }
-    const int status = SwiGLUCuda(x.GetTensorRawData(), y.GetTensorMutableRawData(), rows, inter, dtype,
-                                  ctx.GetGPUComputeStream());
-    if (status != 0) return Error("ai.embedrank.SwiGLU: CUDA launch failed, error " + std::to_string(status));
+    const char* failure = SwiGLUCuda(x.GetTensorRawData(), y.GetTensorMutableRawData(), rows, inter, dtype,
+                                     ctx.GetGPUComputeStream());
+    if (failure != nullptr) {
+      return Ort::Status((std::string("ai.embedrank.SwiGLU: CUDA kernel failed: ") + failure).c_str(), ORT_FAIL)
+          .release();
+    }
     return nullptr;
 #else
     (void)ctx, (void)x, (void)y, (void)rows, (void)inter, (void)type;
@@ -132,24 +135,23 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     return api_base->GetApi(1)->CreateStatus(
         ORT_FAIL, "the embedrank ops library needs a newer onnxruntime than this one");
   }
-  Ort::InitApi(api);
-  static embedrank::SwiGLUOp cpu_op(nullptr);
+  // One domain for the process, built on first use; it must outlive every session it is added to,
+  // and every session of the process shares it.
+  static std::once_flag once;
+  static OrtCustomOpDomain* domain = nullptr;
+  static OrtStatus* failure = nullptr;
+  std::call_once(once, [api] {
+    Ort::InitApi(api);
+    static embedrank::SwiGLUOp cpu_op(nullptr);
+    failure = api->CreateCustomOpDomain(embedrank::kDomain, &domain);
+    if (failure == nullptr) failure = api->CustomOpDomain_Add(domain, &cpu_op);
 #ifdef EMBEDRANK_WITH_CUDA
-  static embedrank::SwiGLUOp cuda_op(embedrank::kCudaProvider);
+    static embedrank::SwiGLUOp cuda_op(embedrank::kCudaProvider);
+    if (failure == nullptr) failure = api->CustomOpDomain_Add(domain, &cuda_op);
 #endif
-  static std::mutex mutex;
-  static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
-  try {
-    Ort::CustomOpDomain domain(embedrank::kDomain);
-    domain.Add(&cpu_op);
-#ifdef EMBEDRANK_WITH_CUDA
-    domain.Add(&cuda_op);
-#endif
-    Ort::UnownedSessionOptions(options).Add(domain);
-    std::lock_guard<std::mutex> lock(mutex);
-    domains.push_back(std::move(domain));
-  } catch (const Ort::Exception& e) {
-    return Ort::Status(e).release();
+  });
+  if (failure != nullptr) {
+    return api->CreateStatus(api->GetErrorCode(failure), api->GetErrorMessage(failure));
   }
-  return nullptr;
+  return api->AddCustomOpDomain(options, domain);
 }
