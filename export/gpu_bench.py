@@ -51,9 +51,9 @@ EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None, ()),
            "onnx-fused-fp16": ("embedder", "fused", "gqa", None),
            "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa", None),
            "onnx-fused-plain-fp16": ("embedder", "fused", "gqa", ()),  # no rewrites (before qkv)
+           "onnx-fused-plain-fp16-reranker": ("reranker", "fused", "gqa", ()),
            "onnx-fused-qkv-fp16": ("embedder", "fused", "gqa", ("qkv",)),  # the default before swiglu
            "onnx-fused-qkv-fp16-reranker": ("reranker", "fused", "gqa", ("qkv",)),
-           "onnx-fused-plain-fp16-reranker": ("reranker", "fused", "gqa", ()),
            "onnx-fused-mha-fp16": ("embedder", "fused", "mha", ()),
            "onnx-fused-moe-fp16": ("embedder", "fused", "gqa", ("qkv", "moe")),
            # embedrank's fused SwiGLU kernel asked for (embedrank.ops; $EMBEDRANK_OPS_LIBRARY on the device)

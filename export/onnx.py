@@ -219,9 +219,9 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     dtype, optimize, attention, rewrites = resolve_variant(device, dtype, optimize, attention, rewrites)
     if not strict_rewrites:
         rewrites = _available_rewrites(rewrites, device)
-    int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
-    if "swiglu" in rewrites:  # asked for: before anything is exported (the parity check needs it)
+    elif "swiglu" in rewrites:  # asked for: before anything is exported (the parity check needs it)
         find_library(cuda=device.startswith("cuda"))
+    int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
     _prepare_out(out, overwrite)

@@ -44,15 +44,30 @@ def library(headers, tmp_path_factory):
         yield path
 
 
-def _swiglu_session(library, elem, width):
-    node = helper.make_node("SwiGLU", ["x"], ["y"], domain=ops.DOMAIN)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, ["b", "s", width])],
-                              [helper.make_tensor_value_info("y", elem, None)])
+def _swiglu_session(library, elem, width, provider="CPUExecutionProvider", float_io=False):
+    """One SwiGLU node; ``float_io``: float32 in and out, cast to / from ``elem`` around it (numpy
+    has no bfloat16)."""
+    io = TensorProto.FLOAT if float_io else elem
+    nodes = [helper.make_node("SwiGLU", ["x"], ["y"], domain=ops.DOMAIN)]
+    names = ("x", "y")
+    if float_io:
+        nodes = [helper.make_node("Cast", ["x32"], ["x"], to=elem), *nodes,
+                 helper.make_node("Cast", ["y"], ["y32"], to=TensorProto.FLOAT)]
+        names = ("x32", "y32")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(names[0], io, ["b", "s", width])],
+                              [helper.make_tensor_value_info(names[1], io, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid(ops.DOMAIN, 1)], ir_version=10)
     options = ort.SessionOptions()
     options.register_custom_ops_library(str(library))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=[provider])
+
+
+def _reference(x: np.ndarray) -> np.ndarray:
+    """silu(gate) * up in float64, the halves of the last axis."""
+    x = x.astype(np.float64)
+    gate, up = np.split(x, 2, axis=-1)
+    return gate / (1 + np.exp(-gate)) * up
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-6), (np.float16, 1e-3)])
@@ -60,10 +75,16 @@ def test_swiglu_kernel_matches_numpy(library, dtype, tol):
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
     x = np.random.default_rng(0).normal(0, 3, (2, 5, 14)).astype(dtype)
     y = _swiglu_session(library, elem, 14).run(None, {"x": x})[0]
-    gate, up = x[..., :7].astype(np.float64), x[..., 7:].astype(np.float64)
     assert y.dtype == dtype and y.shape == (2, 5, 7)
-    np.testing.assert_allclose(y.astype(np.float64), gate / (1 + np.exp(-gate)) * up, rtol=tol, atol=tol)
+    np.testing.assert_allclose(y.astype(np.float64), _reference(x), rtol=tol, atol=tol)
     assert _swiglu_session(library, elem, 14).run(None, {"x": x[:, :0]})[0].shape == (2, 0, 7)
+
+
+def test_swiglu_kernel_bfloat16_on_cpu(library):
+    session = _swiglu_session(library, TensorProto.BFLOAT16, 16, float_io=True)
+    x = np.random.default_rng(2).normal(0, 3, (2, 3, 16)).astype(np.float32)
+    expected = _reference(_rounded(x, TensorProto.BFLOAT16))
+    np.testing.assert_allclose(session.run(None, {"x32": x})[0], expected, rtol=1.6e-2, atol=1.6e-2)
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
@@ -72,24 +93,13 @@ def test_swiglu_kernel_matches_numpy(library, dtype, tol):
 @pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16])
 def test_cuda_kernel_matches_numpy(headers, tmp_path_factory, width, elem):
     path = ops.build(cuda=True, out=tmp_path_factory.getbasetemp() / "cuda" / "lib.so", ort_include=headers)
-    node = helper.make_node("SwiGLU", ["x"], ["y"], domain=ops.DOMAIN)
-    cast_in = helper.make_node("Cast", ["x32"], ["x"], to=elem)
-    cast_out = helper.make_node("Cast", ["y"], ["y32"], to=TensorProto.FLOAT)
-    graph = helper.make_graph([cast_in, node, cast_out], "g",
-                              [helper.make_tensor_value_info("x32", TensorProto.FLOAT, [None, width])],
-                              [helper.make_tensor_value_info("y32", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid(ops.DOMAIN, 1)], ir_version=10)
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(str(path))
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
-    x = np.random.default_rng(1).normal(0, 3, (300, width)).astype(np.float32)
+    session = _swiglu_session(path, elem, width, "CUDAExecutionProvider", float_io=True)
+    x = np.random.default_rng(1).normal(0, 3, (3, 100, width)).astype(np.float32)
     got = session.run(None, {"x32": x})[0]
     np.testing.assert_array_equal(got, session.run(None, {"x32": x})[0])  # deterministic
-    inputs = _rounded(x, elem).astype(np.float64)  # what the kernel reads
-    gate, up = inputs[:, : width // 2], inputs[:, width // 2:]
     tol = {TensorProto.FLOAT: 1e-5, TensorProto.FLOAT16: 2e-3, TensorProto.BFLOAT16: 1.6e-2}[elem]
-    np.testing.assert_allclose(got, gate / (1 + np.exp(-gate)) * up, rtol=tol, atol=tol)
+    # against the inputs as the kernel reads them (rounded to elem)
+    np.testing.assert_allclose(got, _reference(_rounded(x, elem)), rtol=tol, atol=tol)
 
 
 def _rounded(x: np.ndarray, elem: int) -> np.ndarray:
@@ -117,7 +127,7 @@ def test_cuda_build_compiles_and_still_serves_the_cpu(headers, tmp_path):
     assert exported == ["RegisterCustomOps"]  # everything else hidden
     x = np.linspace(-4, 4, 12, dtype=np.float32).reshape(1, 1, 12)
     y = _swiglu_session(path, TensorProto.FLOAT, 12).run(None, {"x": x})[0]
-    np.testing.assert_allclose(y[0, 0], x[0, 0, :6] / (1 + np.exp(-x[0, 0, :6])) * x[0, 0, 6:], rtol=1e-6)
+    np.testing.assert_allclose(y, _reference(x), rtol=1e-6)
 
 
 def _deb(members: dict[str, bytes]) -> bytes:

@@ -60,50 +60,37 @@ struct SwiGLUKernel {
       Ort::UnownedValue y = ctx.GetOutput(0, shape);
       if (rows * inter == 0) return nullptr;
       const ONNXTensorElementDataType type = info.GetElementType();
-      if (cuda) return ComputeCuda(ctx, x, y, rows, inter, type);
-      switch (type) {
-        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT:
+      if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 &&
+          type != ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16) {
+        return Error("ai.embedrank.SwiGLU takes float, float16 or bfloat16, got type " +
+                     std::to_string(static_cast<int>(type)));
+      }
+      const DType dtype = static_cast<DType>(type);  // DType uses ONNX's numbering
+#ifdef EMBEDRANK_WITH_CUDA
+      if (cuda) {  // only the op registered for the CUDA provider sets it
+        const char* failure = SwiGLUCuda(x.GetTensorRawData(), y.GetTensorMutableRawData(), rows, inter,
+                                         dtype, ctx.GetGPUComputeStream());
+        if (failure == nullptr) return nullptr;
+        const std::string message = std::string("ai.embedrank.SwiGLU: CUDA kernel failed: ") + failure;
+        return Ort::Status(message.c_str(), ORT_FAIL).release();
+      }
+#endif
+      switch (dtype) {
+        case DType::kFloat:
           SwiGLUCpu(x.GetTensorData<float>(), y.GetTensorMutableData<float>(), rows, inter);
-          return nullptr;
-        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16:
+          break;
+        case DType::kFloat16:
           SwiGLUCpu(x.GetTensorData<Ort::Float16_t>(), y.GetTensorMutableData<Ort::Float16_t>(), rows, inter);
-          return nullptr;
-        case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16:
+          break;
+        case DType::kBFloat16:
           SwiGLUCpu(x.GetTensorData<Ort::BFloat16_t>(), y.GetTensorMutableData<Ort::BFloat16_t>(), rows,
                     inter);
-          return nullptr;
-        default:
-          return Error("ai.embedrank.SwiGLU takes float, float16 or bfloat16, got type " +
-                       std::to_string(static_cast<int>(type)));
+          break;
       }
+      return nullptr;
     } catch (const Ort::Exception& e) {
       return Ort::Status(e).release();
     }
-  }
-
-  OrtStatusPtr ComputeCuda(Ort::KernelContext& ctx, const Ort::ConstValue& x, Ort::UnownedValue& y,
-                           int64_t rows, int64_t inter, ONNXTensorElementDataType type) {
-#ifdef EMBEDRANK_WITH_CUDA
-    DType dtype;
-    switch (type) {
-      case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: dtype = DType::kFloat; break;
-      case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: dtype = DType::kFloat16; break;
-      case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: dtype = DType::kBFloat16; break;
-      default:
-        return Error("ai.embedrank.SwiGLU takes float, float16 or bfloat16, got type " +
-                     std::to_string(static_cast<int>(type)));
-    }
-    const char* failure = SwiGLUCuda(x.GetTensorRawData(), y.GetTensorMutableRawData(), rows, inter, dtype,
-                                     ctx.GetGPUComputeStream());
-    if (failure != nullptr) {
-      return Ort::Status((std::string("ai.embedrank.SwiGLU: CUDA kernel failed: ") + failure).c_str(), ORT_FAIL)
-          .release();
-    }
-    return nullptr;
-#else
-    (void)ctx, (void)x, (void)y, (void)rows, (void)inter, (void)type;
-    return Error("ai.embedrank.SwiGLU: this library was built without CUDA");
-#endif
   }
 };
 
