@@ -1,7 +1,12 @@
-"""``embedrank.json``: the contract between export/ and plugin/.
+"""``embedrank.json``: the contract between export/ and the serving side.
 
 A model directory holds ``model.onnx`` (+ external data), the tokenizer files and this
-manifest. The runtime reads every prompt string, token id and size from here.
+manifest. The runtime reads every prompt string, token id, size and requirement from here.
+
+Sealed: every field that steers the runtime is typed and inside the fingerprint, and the
+fingerprint covers every file of the directory (whatever its name: external data included), so
+a manifest edited after export, or a file changed, added or removed, is refused on load.
+``extra`` holds how the model was made (exporter, recipe); the runtime never reads it.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from embedrank.formats import PromptFormat
 MANIFEST_NAME = "embedrank.json"
 GRAPH_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: requirements typed and fingerprinted, every file of the directory hashed
 KINDS = ("embedder", "reranker")
+DEVICES = ("cuda",)  # requires_device: None (any) or one of these
 OUTPUT_NAMES = {"embedder": "embedding", "reranker": "logit"}
 # manifest fields covered by the fingerprint: editing any of them changes what the model computes
+# or how the runtime runs it
 CONTRACT_FIELDS = ("kind", "prompts", "dim", "max_length", "dtype", "pad_token_id", "eot_token_id",
                    "matryoshka_dims", "yes_token_id", "no_token_id", "padding_side", "pooling",
-                   "normalize", "inputs", "output")
+                   "normalize", "inputs", "output", "requires_device", "min_onnxruntime",
+                   "custom_ops", "format_version")
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,12 @@ class Manifest:
     normalize: bool = True
     inputs: tuple[str, ...] = ("input_ids", "attention_mask")
     output: str = "embedding"
+    requires_device: str | None = None  # "cuda": the graph has ops ONNX Runtime runs on CUDA only
+    min_onnxruntime: str | None = None  # the oldest ONNX Runtime that has every op the graph uses
+    custom_ops: tuple[str, ...] = ()  # ops of embedrank's library (embedrank.ops) the graph uses
     source: str = ""
     format_version: int = FORMAT_VERSION
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # how it was made; informational, never steers
 
     def contract(self) -> bytes:
         """The fields that decide what the model computes, as canonical JSON (fingerprinted)."""
@@ -70,7 +81,10 @@ class Manifest:
         try:
             data = dict(data)
             data["prompts"] = PromptFormat.from_dict(data["prompts"])
-            for key in ("matryoshka_dims", "inputs"):
+            version = data.get("format_version", 1)
+            if version != FORMAT_VERSION:
+                raise ManifestError(_version_advice(version))
+            for key in ("matryoshka_dims", "inputs", "custom_ops"):
                 if data.get(key) is not None:
                     data[key] = tuple(data[key])
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
@@ -83,13 +97,22 @@ class Manifest:
         if manifest.padding_side not in ("left", "right"):
             raise ManifestError(f"{MANIFEST_NAME}: padding_side must be 'left' or 'right', got "
                                 f"{manifest.padding_side!r}")
-        if manifest.format_version > FORMAT_VERSION:
-            raise ManifestError(f"{MANIFEST_NAME} has format_version {manifest.format_version}; "
-                                "upgrade embedrank to load it")
+        if manifest.requires_device not in (None, *DEVICES):
+            raise ManifestError(f"{MANIFEST_NAME}: requires_device must be null or one of {DEVICES}, "
+                                f"got {manifest.requires_device!r}")
         return manifest
 
     def write(self, directory: str | Path) -> None:
         (Path(directory) / MANIFEST_NAME).write_text(self.to_json(), encoding="utf-8")
+
+
+def _version_advice(version) -> str:
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        return (f"{MANIFEST_NAME} has format_version {version}, newer than this embedrank reads "
+                f"({FORMAT_VERSION}); upgrade embedrank to load it")
+    return (f"{MANIFEST_NAME} has format_version {version!r}, which this embedrank no longer reads "
+            f"(it reads {FORMAT_VERSION}: requirements and every file are sealed by the fingerprint); "
+            "re-export the model with `embedrank export embedder|reranker SRC OUT`")
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -111,23 +134,27 @@ def read_manifest(directory: str | Path) -> Manifest:
     return Manifest.from_dict(data)
 
 
-def graph_files(directory: str | Path) -> list[Path]:
-    """model.onnx and its external-data files (model.onnx.data, model.onnx_data...)."""
-    path = Path(directory)
-    return [path / GRAPH_NAME] + sorted(p for p in path.glob(GRAPH_NAME + "?*") if p.is_file())
+def model_files(directory: str | Path) -> list[Path]:
+    """Every file of the model directory but the manifest (graph, any external data, tokenizer),
+    sorted by relative path: what the fingerprint covers."""
+    root = Path(directory)
+    return sorted((p for p in root.rglob("*") if p.is_file() and p.relative_to(root) != Path(MANIFEST_NAME)),
+                  key=lambda p: p.relative_to(root).as_posix())
 
 
 def fingerprint(directory: str | Path, manifest: Manifest | None = None) -> str:
-    """sha256 over the graph (with external data), tokenizer.json and the manifest's contract.
+    """sha256 over the manifest's contract and every file of the directory (names and bytes).
 
-    The contract (prompt strings, token ids, sizes) is part of the model's identity: a manifest
-    edited after export no longer matches its fingerprint.
+    The contract (prompt strings, token ids, sizes, requirements) is part of the model's identity:
+    a manifest edited after export no longer matches its fingerprint; nor does a directory with a
+    file changed, added, renamed or removed.
     """
+    root = Path(directory)
     digest = hashlib.sha256()
     if manifest is not None:
         digest.update(manifest.contract())
-    for file in [*graph_files(directory), Path(directory) / TOKENIZER_NAME]:
-        digest.update(file.name.encode())
+    for file in model_files(root):
+        digest.update(f"{file.relative_to(root).as_posix()}\0{file.stat().st_size}\0".encode())
         with open(file, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(block)

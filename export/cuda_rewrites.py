@@ -3,7 +3,7 @@
 The fused export leaves, per layer, three q / k / v ``MatMul`` s, two per-head q / k
 RMSNorms (Qwen3) and a gate / up / down MLP whose SiLU and gating product ONNX Runtime runs
 as separate element-wise kernels. The kernel profile (docs/performance.md) puts the gap to
-``torch.compile`` in exactly those element-wise passes. Three rewrites, each an exact
+``torch.compile`` in exactly those element-wise passes. Two rewrites, each an exact
 re-expression of the graph (same weights, same arithmetic up to rounding order):
 
 * ``"qkv"`` (:func:`pack_qkv`): one ``MatMul`` against the concatenated q / k / v weights
@@ -14,14 +14,11 @@ re-expression of the graph (same weights, same arithmetic up to rounding order):
   kernel refuses to run without them. ONNX Runtime implements the in-op q / k norm on CUDA only
   (the CPU provider rejects it; ONNX Runtime >= 1.31), so with ``fold_norms=False`` a model with
   q / k norms keeps its graph.
-* ``"moe"`` (:func:`mlp_as_moe`): the MLP ``down(silu(gate(x)) * up(x))`` becomes one
-  ``com.microsoft.MoE`` node with a single expert (router of zeros: softmax weight 1), the
-  gate and up weights interleaved into one fused-SwiGLU projection (``swiglu_fusion=1``,
-  the layout both the CPU and CUDA kernels accept).
 * ``"swiglu"`` (:func:`fuse_swiglu`): the gate and up projections become one ``MatMul``
   against ``[W_gate | W_up]`` and the SiLU-gated product one ``ai.embedrank.SwiGLU``, a
   custom op of embedrank's own library (:mod:`embedrank.ops`, CPU and CUDA kernels): one
-  element-wise pass instead of ONNX Runtime's two. The model then needs that library built.
+  element-wise pass instead of ONNX Runtime's two. The model then needs that library built, so
+  it is opt-in (``--rewrites qkv,swiglu``), never a default.
 
 Each function returns how many sites it rewrote; unused nodes and initializers are removed.
 """
@@ -34,7 +31,7 @@ from embedrank.errors import InputError
 from embedrank.ops import DOMAIN as OPS_DOMAIN
 
 MS = "com.microsoft"
-REWRITES = ("qkv", "moe", "swiglu")
+REWRITES = ("qkv", "swiglu")
 MIN_ORT_QK_NORM = "1.31"  # the first ONNX Runtime whose GroupQueryAttention takes q_norm_weight
 
 
@@ -166,20 +163,6 @@ def _silu_gate(value):
     return None
 
 
-def _router(graph, first, dtype):
-    """Zeros [tokens, 1] in ``dtype`` for a single-expert MoE, built from ``first``'s shape."""
-    import onnx_ir as ir
-
-    shape = ir.node("Shape", [first], attributes={"end": -1})
-    tokens = ir.node("ReduceProd", [shape.outputs[0]], attributes={"keepdims": 1})
-    one = graph.initializers.get("moe_router_one") or _initializer(graph, "moe_router_one",
-                                                                   np.array([1], np.int64))
-    dims = ir.node("Concat", [tokens.outputs[0], one], attributes={"axis": 0})
-    zero = ir.tensor(np.zeros(1, dtype=dtype.numpy()), name="zero")
-    router = ir.node("ConstantOfShape", [dims.outputs[0]], attributes={"value": zero})
-    return [shape, tokens, dims, router]
-
-
 def _swiglu_mlps(graph):
     """Each ``down(silu(gate(x)) * up(x))`` with constant 2-D weights and no biases:
     (down MatMul, gate MatMul, W_gate, W_up, W_down); a list, so callers may edit the graph."""
@@ -195,35 +178,6 @@ def _swiglu_mlps(graph):
         if all(w is not None and w.ndim == 2 for w in weights):
             found.append((down, gate_mm, *weights))
     return found
-
-
-def mlp_as_moe(model) -> int:
-    """SwiGLU MLPs -> one single-expert ``com.microsoft.MoE`` each (see module)."""
-    import onnx_ir as ir
-
-    graph, count, routers = model.graph, 0, {}
-    for down, gate_mm, w_gate, w_up, w_down in _swiglu_mlps(graph):
-        x = gate_mm.inputs[0]
-        fc1 = np.stack([w_gate.T, w_up.T], axis=1).reshape(1, -1, w_gate.shape[0])  # rows g0 u0 g1 u1..
-        key = str(x.shape) if x.shape is not None else id(x)  # the last layer: pooled rows only
-        if key not in routers:
-            nodes = _router(graph, x, x.dtype)
-            graph.insert_before(gate_mm, nodes)
-            routers[key] = nodes[-1].outputs[0]
-        router = routers[key]
-        moe = ir.node("MoE", [x, router, _initializer(graph, f"{down.inputs[1].name}_fc1_{count}", fc1), None,
-                              _initializer(graph, f"{down.inputs[1].name}_fc2_{count}", w_down.T[None])],
-                      attributes={"k": 1, "activation_type": "swiglu", "swiglu_fusion": 1,
-                                  "activation_alpha": 1.0, "activation_beta": 0.0,
-                                  "normalize_routing_weights": 0},
-                      domain=MS, name=f"{down.name}_moe")
-        graph.insert_before(down, moe)
-        down.outputs[0].replace_all_uses_with(moe.outputs[0])
-        moe.outputs[0].dtype, moe.outputs[0].shape = down.outputs[0].dtype, down.outputs[0].shape
-        graph.remove(down, safe=True)
-        count += 1
-    _cleanup(model)
-    return count
 
 
 def fuse_swiglu(model) -> int:
@@ -267,8 +221,6 @@ def apply(model, rewrites, fold_norms: bool) -> dict[str, int]:
     for name in rewrites:
         if name == "qkv":
             done["qkv"], done["qkv_norms"] = pack_qkv(model, fold_norms)
-        elif name == "moe":
-            done["moe"] = mlp_as_moe(model)
         else:
             done["swiglu"] = fuse_swiglu(model)
     return done

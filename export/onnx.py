@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from embedrank.errors import InputError, OpsError, ParityError
+from embedrank.errors import InputError, ParityError
 from embedrank.export.cuda_rewrites import MIN_ORT_QK_NORM, REWRITES
 from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
-from embedrank.ops import DOMAIN as OPS_DOMAIN
-from embedrank.ops import find_library
+from embedrank.ops import OPS, find_library
 from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids
 
 # torch dtype the module is loaded in; "int8" exports an fp32 graph, then quantizes it
@@ -36,7 +35,7 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB
 EXTERNAL_DATA_NAME = GRAPH_NAME + ".data"
 # the CUDA default: packed QKV with the q / k norms in GroupQueryAttention, and embedrank's fused
 # SwiGLU kernel (dropped, with a warning, where its library is not built: see _available_rewrites)
-CUDA_REWRITES = ("qkv", "swiglu")
+CUDA_REWRITES = ("qkv",)  # "swiglu" is opt-in: it needs the ops library built (embedrank.ops)
 
 
 class _EmbedderGraph(nn.Module):
@@ -130,8 +129,19 @@ def _name_output_dims(path: Path, kind: str, dim: int) -> None:
     onnx.save_model(model, str(path))
 
 
+def _requirements(fused_ops: dict) -> dict:
+    """The manifest's runtime requirements of a fused graph (typed, fingerprinted fields)."""
+    needs = {}
+    if fused_ops.get("rewrite_qkv_norms"):  # ONNX Runtime's in-op q / k norm: CUDA only, from 1.31
+        needs.update(requires_device="cuda", min_onnxruntime=MIN_ORT_QK_NORM)
+    if fused_ops.get("rewrite_swiglu"):  # the runtime registers embedrank.ops
+        needs["custom_ops"] = OPS
+    return needs
+
+
 def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str,
-              extra: dict | None = None, padding_side: str = "left") -> Manifest:
+              extra: dict | None = None, padding_side: str = "left",
+              requirements: dict | None = None) -> Manifest:
     tok = module.tokenizer
     dim = module.model.config.hidden_size
     return Manifest(
@@ -141,8 +151,16 @@ def _manifest(kind: str, module, dtype: str, opset: int, out: Path, src: str,
         matryoshka_dims=(min(MIN_MATRYOSHKA_DIM, dim), dim) if kind == "embedder" else None,
         yes_token_id=tok.token_to_id(module.prompts.yes_token) if kind == "reranker" else None,
         no_token_id=tok.token_to_id(module.prompts.no_token) if kind == "reranker" else None,
-        output=OUTPUT_NAMES[kind], source=str(src), extra=extra or {}, padding_side=padding_side,
+        output=OUTPUT_NAMES[kind], source=_source(src), extra=extra or {}, padding_side=padding_side,
+        **(requirements or {}),
     ).sealed(out)
+
+
+def _source(src: str) -> str:
+    """A local checkpoint as an absolute path (``bench --against torch`` / ``verify`` find it from
+    anywhere); a hub id as given."""
+    path = Path(src)
+    return str(path.resolve()) if path.exists() else str(src)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -159,11 +177,11 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
     variant that passes parity (docs/performance.md, docs/bench.md, docs/int8.md).
 
     CUDA: fp16, fused, GroupQueryAttention with packed QKV and the q / k norms inside it
-    (rewrite "qkv") and embedrank's fused SwiGLU kernel (rewrite "swiglu"). CPU: fp32 (no int8
+    (rewrite "qkv"); embedrank's fused SwiGLU kernel (rewrite "swiglu") is opt-in, so the
+    default graph never depends on what was built on the machine. CPU: fp32 (no int8
     recipe meets the ranking bar), fused, GroupQueryAttention. int8 starts from the TorchScript
     graph (its recipes select layers by that graph's node names); fp32 on CUDA uses
-    MultiHeadAttention (GroupQueryAttention has fp16 / bf16 CUDA kernels only). The "moe"
-    rewrite is never a default (slower, see docs).
+    MultiHeadAttention (GroupQueryAttention has fp16 / bf16 CUDA kernels only).
     """
     dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if dtype not in DTYPES:
@@ -187,8 +205,6 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
         raise InputError(f"rewrites must be distinct names of {REWRITES}, got {rewrites!r}")
     if rewrites and attention != "gqa":
         raise InputError("graph rewrites apply to the fused GroupQueryAttention graph only")
-    if {"moe", "swiglu"} <= set(rewrites):
-        raise InputError("the moe and swiglu rewrites both replace the MLP: choose one")
     return dtype, optimize, attention, rewrites
 
 
@@ -210,16 +226,13 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     ``attention`` (fused only): "gqa" (right-padded GroupQueryAttention; the default) or "mha"
     (left-padded MultiHeadAttention; the default for fp32 on CUDA, where GQA has no kernel).
     ``rewrites`` (GQA only): graph rewrites of :mod:`embedrank.export.cuda_rewrites`; default
-    :data:`CUDA_REWRITES` on CUDA (without "swiglu", warned, when ``embedrank ops build`` has not
-    been run), none on CPU.
+    :data:`CUDA_REWRITES` on CUDA, none on CPU.
     """
     if kind not in OUTPUT_NAMES:
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
     strict_rewrites = rewrites is not None  # asked for: every layer; the device default: where it fits
     dtype, optimize, attention, rewrites = resolve_variant(device, dtype, optimize, attention, rewrites)
-    if not strict_rewrites:
-        rewrites = _available_rewrites(rewrites, device)
-    elif "swiglu" in rewrites:  # asked for: before anything is exported (the parity check needs it)
+    if "swiglu" in rewrites:  # before anything is exported (the parity check needs the library)
         find_library(cuda=device.startswith("cuda"))
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
@@ -243,11 +256,6 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
                 attention=attention, rewrites=rewrites, strict_rewrites=strict_rewrites)
             extra["attention"] = attention
             extra["rewrites"] = list(rewrites)
-            if extra["fused_ops"].get("rewrite_qkv_norms"):  # ONNX Runtime's in-op q / k norm:
-                extra["requires_device"] = "cuda"  # CUDA only, from ONNX Runtime 1.31
-                extra["min_onnxruntime"] = MIN_ORT_QK_NORM
-            if extra["fused_ops"].get("rewrite_swiglu"):  # the runtime registers embedrank.ops
-                extra["custom_ops"] = {"domain": OPS_DOMAIN, "ops": ["SwiGLU"]}
         else:
             extra["exporter"] = "torch.onnx TorchScript"
             _trace(graph, kind, graph_dir / GRAPH_NAME, opset, torch_device, module)
@@ -260,7 +268,8 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
         graph_dir.rmdir()
         module.hf_tokenizer.save_pretrained(tmp)
         manifest = _manifest(kind, module, dtype, opset, tmp, src, extra,
-                             padding_side="left" if attention in (None, "mha") else "right")
+                             padding_side="left" if attention in (None, "mha") else "right",
+                             requirements=_requirements(extra.get("fused_ops", {})))
         manifest.write(tmp)
         report = None
         if verify:
@@ -272,20 +281,6 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, manifest, report)
-
-
-def _available_rewrites(rewrites: tuple[str, ...], device: str) -> tuple[str, ...]:
-    """The device default without "swiglu" when embedrank's ops library is not built (warned:
-    the export still works, about 8% slower on an H100, docs/performance.md)."""
-    if "swiglu" not in rewrites:
-        return rewrites
-    try:
-        find_library(cuda=device.startswith("cuda"))
-    except OpsError as exc:
-        warnings.warn(f"exporting without the fused SwiGLU kernel (about 8% slower on an H100): {exc}",
-                      stacklevel=3)
-        return tuple(r for r in rewrites if r != "swiglu")
-    return rewrites
 
 
 def _int8_plan(kind: str, dtype: str, recipe: str | None, calibration) -> tuple:
@@ -336,8 +331,8 @@ def _quantize(graph: Path, kind: str, module, recipe, texts) -> dict:
 
 def _verify(kind, tmp: Path, src, module, dtype, device, trust_remote_code):
     from embedrank.export.parity import check
-    from embedrank.plugin.runtime import Embedder as OnnxEmbedder
-    from embedrank.plugin.runtime import Reranker as OnnxReranker
+    from embedrank.runtime import Embedder as OnnxEmbedder
+    from embedrank.runtime import Reranker as OnnxReranker
 
     runtime = (OnnxEmbedder if kind == "embedder" else OnnxReranker).load(tmp, device=device)
     if DTYPES[dtype] != torch.float32:  # compare against the fp32 reference, not fp16

@@ -138,8 +138,8 @@ def verify(model_dir, against, *, device: str = "cpu", trust_remote_code: bool =
            raise_on_fail: bool = False) -> ParityReport:
     """Load ``model_dir`` with the runtime and ``against`` (hub id / checkpoint) with torch."""
     from embedrank.manifest import read_manifest
-    from embedrank.plugin.runtime import Embedder as OnnxEmbedder
-    from embedrank.plugin.runtime import Reranker as OnnxReranker
+    from embedrank.runtime import Embedder as OnnxEmbedder
+    from embedrank.runtime import Reranker as OnnxReranker
     from embedrank.train.modeling import Embedder, Reranker
 
     manifest = read_manifest(model_dir)

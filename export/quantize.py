@@ -1,15 +1,12 @@
 """int8 variants of an exported fp32 graph, with ONNX Runtime's quantization tools.
 
 A recipe is data (a frozen dataclass); :func:`quantize` applies one to ``model.onnx``.
-The families measured against each other in ``docs/int8.md``:
+Two methods (``docs/int8.md`` has these and the variants that measured worse, such as ONNX
+Runtime's per-tensor ``quantize_dynamic``, whose quality collapses on decoder LMs):
 
-* ``dynamic*``: ``quantize_dynamic`` (MatMulInteger / DynamicQuantizeMatMul). Weights int8
-  (per tensor or per output channel), activations uint8 with ONE scale per tensor computed at
-  run time. Decoder LMs carry a few hidden channels with activations 10-100x the rest, so
-  one scale per tensor wipes out the small channels: quality collapses (REFERENCE §6).
-* ``int8-block*``: ``MatMulNBits`` with 8-bit weights in blocks of ``block_size`` along the
-  input dimension and ``accuracy_level=4``: activations are quantized to int8 per block of
-  the same size too, then multiplied with int8 dot products (VNNI / AVX2). An outlier
+* ``blockwise`` (``int8-block32``, ``w8-block32``): ``MatMulNBits`` with 8-bit weights in
+  blocks of ``block_size`` along the input dimension and ``accuracy_level=4``: activations
+  are quantized to int8 per block of the same size too, then multiplied with int8 dot products (VNNI / AVX2). An outlier
   channel only coarsens its own block, so quality holds with int8 arithmetic throughout.
 * ``pertoken``: per-channel int8 weights and uint8 activations with one scale per token,
   computed at run time (:func:`quantize_per_token`; standard ops + ``MatMulIntegerToFloat``):
@@ -40,50 +37,28 @@ from embedrank.errors import InputError, require
 @dataclass(frozen=True)
 class QuantRecipe:
     name: str
-    method: str  # "dynamic" | "blockwise"
-    per_channel: bool = False
-    reduce_range: bool = False
+    method: str  # "blockwise" | "pertoken"
+    reduce_range: bool = False  # pertoken: 7-bit weights (CPUs without VNNI)
     block_size: int = 32
     bits: int = 8  # blockwise weight bits (MatMulNBits takes 4 or 8)
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations and int8 dot products
-    weights_only: bool = True  # dynamic: quantize MatMuls with a constant weight only
     keep_fp32: tuple[str, ...] = ()  # regexes on node names left in fp32
     smooth: float | None = None  # SmoothQuant alpha (export/smooth.py); needs calibration
     smooth_down: float | None = None  # alpha of the up -> down_proj sites [smooth]; 0 = off
     help: str = ""
 
 
-# Sensitive parts of a decoder: the first and last blocks and the MLP down projections
-# (their input, the gated product, holds the largest activation outliers).
-SENSITIVE = (r"/layers\.0/", r"/layers\.{last}/", r"/mlp/down_proj/")
-
+# The recipes a user should pick (docs/int8.md has the figures of every variant measured):
+# int8-block32 (the default: the best top-10 agreement with int8 compute, no calibration),
+# w8-block32 (weight-only: closest to fp32, little faster), smooth-pertoken (the fastest that keeps
+# mean cosine >= 0.99; needs calibration texts).
 RECIPES = {r.name: r for r in (
-    QuantRecipe("dynamic", "dynamic", weights_only=False,
-                help="ORT defaults: every MatMul, per-tensor weights and activations"),
-    QuantRecipe("dynamic-pc", "dynamic", per_channel=True,
-                help="per-channel weights, per-tensor dynamic activations"),
-    QuantRecipe("dynamic-pc-keep", "dynamic", per_channel=True, keep_fp32=SENSITIVE,
-                help="per-channel, first/last block and every down_proj kept fp32"),
     QuantRecipe("int8-block32", "blockwise", block_size=32,
                 help="8-bit weights and int8 activations in blocks of 32 (MatMulNBits)"),
-    QuantRecipe("int8-block32-keep", "blockwise", block_size=32, keep_fp32=SENSITIVE,
-                help="int8-block32, first/last block and every down_proj kept fp32"),
-    QuantRecipe("int8-block32-keepdown", "blockwise", block_size=32,
-                keep_fp32=(r"/mlp/down_proj/",), help="int8-block32, every down_proj kept fp32"),
     QuantRecipe("w8-block32", "blockwise", block_size=32, accuracy_level=0,
                 help="weight-only: 8-bit weights in blocks of 32, fp32 activations and compute"),
-    QuantRecipe("int8-block128", "blockwise", block_size=128,
-                help="8-bit weights and int8 activations in blocks of 128 (MatMulNBits)"),
-    QuantRecipe("int4-block32", "blockwise", block_size=32, bits=4,
-                help="speed reference: 4-bit weights, int8 activations in blocks of 32"),
-    QuantRecipe("smooth-dynamic-pc", "dynamic", per_channel=True, smooth=0.5,
-                help="SmoothQuant alpha 0.5, then dynamic-pc"),
-    QuantRecipe("smooth-dynamic-pc-keep", "dynamic", per_channel=True, smooth=0.5,
-                keep_fp32=SENSITIVE, help="SmoothQuant alpha 0.5, then dynamic-pc-keep"),
-    QuantRecipe("pertoken", "pertoken",
-                help="per-channel int8 weights, int8 activations with a scale per token"),
     QuantRecipe("smooth-pertoken", "pertoken", smooth=0.5,
-                help="SmoothQuant alpha 0.5, then pertoken"),
+                help="SmoothQuant alpha 0.5, then int8 activations with a scale per token"),
 )}
 DEFAULT_RECIPE = "int8-block32"
 
@@ -106,19 +81,6 @@ def select_nodes(model, keep_fp32: tuple[str, ...]) -> tuple[list[str], list[str
     patterns = [re.compile(p.replace("{last}", str(last))) for p in keep_fp32]
     keep = [n for n in names if any(p.search(n) for p in patterns)]
     return [n for n in names if n not in keep], keep
-
-
-def _dynamic(model, dst: Path, recipe: QuantRecipe, include: list[str], external: bool) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        model, str(dst), op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
-        reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
-        nodes_to_quantize=include if recipe.weights_only else None,
-        nodes_to_exclude=None if recipe.weights_only else [],
-        use_external_data_format=external,
-        extra_options={"MatMulConstBOnly": recipe.weights_only},
-    )
 
 
 def _blockwise(model, dst: Path, recipe: QuantRecipe, exclude: list[str], external: bool) -> None:
@@ -267,7 +229,7 @@ def quantize(src: str | Path, dst: str | Path, recipe: str | QuantRecipe = DEFAU
     import onnx
 
     recipe = get_recipe(recipe)
-    if recipe.method not in ("dynamic", "blockwise", "pertoken"):
+    if recipe.method not in ("blockwise", "pertoken"):
         raise InputError(f"unknown quantization method {recipe.method!r}")
     if recipe.smooth is not None and not calibration:
         raise InputError(f"int8 recipe {recipe.name!r} smooths activations and needs calibration "
@@ -283,9 +245,7 @@ def quantize(src: str | Path, dst: str | Path, recipe: str | QuantRecipe = DEFAU
         from embedrank.export.smooth import smooth
 
         report = smooth(model, calibration, recipe.smooth, threads, recipe.smooth_down)
-    if recipe.method == "dynamic":
-        _dynamic(model, dst, recipe, include, external_data)
-    elif recipe.method == "pertoken":
+    if recipe.method == "pertoken":
         quantize_per_token(model, include, recipe.reduce_range)
         _save(model, dst, external_data)
     else:

@@ -1,7 +1,7 @@
-"""Serving side (no torch): ONNX Runtime embedder / reranker, Qdrant integration, CLI."""
+"""Qdrant integration (no torch): embed `models.Document` on upsert, rerank on query."""
 
 from embedrank.errors import EmbedrankError
-from embedrank.plugin.runtime import Embedder, Reranker
+from embedrank.runtime import Embedder, Reranker
 
 __all__ = [
     "AsyncQdrantClient",

@@ -5,7 +5,7 @@ deterministic point ids, the BEIR doc id kept in the payload under ``id``, the p
 ``text``). Every query asks for its top ``k`` with ``query_batch_points(rerank=False)``; with a
 reranker, the same requests go through the client's rerank hook (``set_reranker(top_k=k)``),
 which scores those same ``k`` candidates and reorders them. Metrics are
-:func:`embedrank.plugin.metrics.evaluate` (trec_eval conventions, as BEIR reports them).
+:func:`embedrank.metrics.evaluate` (trec_eval conventions, as BEIR reports them).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 
 from qdrant_client import models
 
+from embedrank.beir import load_beir, passages
 from embedrank.errors import InputError
+from embedrank.metrics import evaluate
 from embedrank.plugin.ingest import ensure_collection, ingest_records, model_name, open_client
-from embedrank.plugin.metrics import evaluate, load_beir
 from embedrank.plugin.qdrant import QdrantClient, batches
 from embedrank.plugin.vectorizer import register_embedder
 
@@ -55,17 +56,6 @@ class EvalResult:
     def final_run(self) -> Run:
         """The ranking the user gets: reranked when there is a reranker."""
         return self.runs["rerank"] if "rerank" in self.runs else self.runs["embed"]
-
-
-def document_text(doc: Mapping[str, str]) -> str:
-    """The passage BEIR embeds: ``title + " " + text`` stripped, or the text when no title."""
-    title = doc.get("title") or ""
-    return (title + " " + doc["text"]).strip() if title else doc["text"].strip()
-
-
-def passages(corpus: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """``{docid: passage}`` for every document with some text (empty ones cannot be embedded)."""
-    return {docid: text for docid, doc in corpus.items() if (text := document_text(doc))}
 
 
 @contextmanager

@@ -22,8 +22,8 @@ from qdrant_client import models
 from embedrank.errors import InputError
 from embedrank.plugin.collections import CollectionState, ModelRecord, meta_key
 from embedrank.plugin.rerank import RerankPlan, RerankSpec, needs_reread, plan, rerank, strip_payload
-from embedrank.plugin.runtime import Reranker
 from embedrank.plugin.vectorizer import embed_in, register_embedder, registration
+from embedrank.runtime import Reranker
 
 __all__ = ["QdrantClient", "register_embedder"]
 

@@ -22,8 +22,8 @@ from embedrank.errors import InputError
 from embedrank.plugin.collections import CollectionState, ModelRecord, meta_key
 from embedrank.plugin.qdrant import UPLOAD_EMBED_BATCH, batches, rerank_plan, widened
 from embedrank.plugin.rerank import RerankPlan, RerankSpec, needs_reread, rerank, strip_payload
-from embedrank.plugin.runtime import Reranker
 from embedrank.plugin.vectorizer import embed_in, registration
+from embedrank.runtime import Reranker
 
 __all__ = ["AsyncQdrantClient"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from qdrant_client import models
 
 from embedrank.errors import InputError
-from embedrank.plugin.runtime import Reranker
+from embedrank.runtime import Reranker
 
 
 @dataclass(frozen=True)

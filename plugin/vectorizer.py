@@ -22,7 +22,7 @@ from qdrant_client import models
 
 from embedrank.errors import InputError
 from embedrank.formats import text_problem
-from embedrank.plugin.runtime import Embedder
+from embedrank.runtime import Embedder
 
 OPTION_KEYS = ("instruction",)  # what models.Document(options=...) may hold for our models
 

@@ -13,9 +13,6 @@ if ! python -c "import embedrank.train" 2>/dev/null; then
     python -m pip install -q torch==2.13.0
     python -m pip install -q -e '.[train,test]'
 fi
-# embedrank's custom-op library (ONNX Runtime C API headers from Debian's libonnxruntime-dev;
-# the CUDA kernel too when nvcc is found): models exported with --rewrites swiglu need it.
-embedrank ops build >/dev/null
 # docker-compose (Debian's 1.29) validates the docker/ files offline in the tests.
 if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedrank.errors import InputError
-from embedrank.plugin.bench import (
+from embedrank.bench.run import (
     BenchConfig,
     make_texts,
     padding_waste,
@@ -18,7 +17,8 @@ from embedrank.plugin.bench import (
     sweep_lengths,
     word_pool,
 )
-from embedrank.plugin.cli import main
+from embedrank.cli.main import main
+from embedrank.errors import InputError
 
 SPEED_KEYS = {"docs_per_s", "tokens_per_s", "p50_ms", "p99_ms"}
 
@@ -91,18 +91,3 @@ def test_json_holds_only_measured_sections():
             "ingest": {"docs_per_s": 1.0, "embed_only_docs_per_s": 2.0}, "sweep": {}}
     assert summary(full) == {"device": "cpu", "model": "m", "embed": {"onnx": {}},
                              "ingest": {"docs_per_s": 1.0, "embed_only_docs_per_s": 2.0}}
-
-
-def test_gpu_bench_prepares_only_the_exports_its_variants_read():
-    from embedrank.export.gpu_bench import needed_exports
-
-    assert needed_exports("onnx-fused-fp16,torch-compile-bf16") == \
-        "onnx-fused-fp16,onnx-fused-fp16-reranker"
-    assert needed_exports("onnx-fused-mha-fp16,torch-eager-bf16") == "onnx-fused-mha-fp16"
-    assert needed_exports("torch-compile-bf16") == ""
-    assert needed_exports("onnx-fused-fp16-cudagraph,onnx-probes") == "onnx-fused-fp16"
-    assert needed_exports("onnx-probes") == ""
-    assert needed_exports("onnx-fused-plain-fp16,onnx-fused-fp16-static") == \
-        "onnx-fused-plain-fp16,onnx-fused-plain-fp16-reranker,onnx-fused-fp16"
-    assert needed_exports("onnx-fused-swiglu-fp16-cudagraph,onnx-fused-swiglu-fp16") == \
-        "onnx-fused-swiglu-fp16,onnx-fused-swiglu-fp16-reranker"

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from qdrant_support import CORPUS, QUERY, brute_force
 
+from embedrank.cli.main import main
 from embedrank.plugin import Embedder, QdrantClient, Reranker
-from embedrank.plugin.cli import main
 from embedrank.plugin.demo_corpus import PASSAGES, QUERIES
 from embedrank.plugin.ingest import point_id
 

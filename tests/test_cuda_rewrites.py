@@ -1,9 +1,9 @@
 """Graph rewrites of the fused GQA graph (export/cuda_rewrites.py): exactness on CPU where ONNX
 Runtime's CPU kernels run them, the CUDA-only q/k-norm fold by structure and weights."""
 
-import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 import click
 import numpy as np
@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+from embedrank.cli.main import main
 from embedrank.errors import DeviceError, FusionError
 from embedrank.export import export_model
+from embedrank.manifest import read_manifest
 from embedrank.plugin import Embedder
-from embedrank.plugin.cli import main
 
 TEXTS = ["short", "a somewhat longer document about vector databases and rerankers",
          "x " * 30, "Qdrant stores vectors"]
@@ -51,38 +52,10 @@ def tiny_qwen2(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def moe_embedder(tiny_ckpt, tmp_path_factory):
-    return export_model("embedder", str(tiny_ckpt), tmp_path_factory.mktemp("rw") / "moe", rewrites=("moe",))
-
-
-def test_mlp_as_moe_is_exact_and_holds_the_mlp_weights(moe_embedder, embedder_dir, torch_embedder):
-    assert moe_embedder.parity.passed
-    graph = _graph(moe_embedder.out).graph
-    ops = Counter(n.op_type for n in graph.node)
-    assert ops["MoE"] == 2 and ops["Sigmoid"] == 0
-    assert moe_embedder.manifest.extra["fused_ops"]["rewrite_moe"] == 2
-    assert moe_embedder.manifest.extra["rewrites"] == ["moe"]
-    moe = next(n for n in graph.node if n.op_type == "MoE")
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in moe.attribute}
-    assert attrs["activation_type"] == b"swiglu" and attrs["swiglu_fusion"] == 1 and attrs["k"] == 1
-    assert attrs["activation_alpha"] == 1.0 and attrs["activation_beta"] == 0.0
-    weights = _weights(graph)
-    fc1, fc2 = weights[moe.input[2]], weights[moe.input[4]]
-    layers = [n for n in graph.node if n.op_type == "MoE"]
-    mlp = torch_embedder.model.layers[layers.index(moe)].mlp
-    np.testing.assert_array_equal(fc1[0, 0::2], mlp.gate_proj.weight.detach().numpy())  # interleaved
-    np.testing.assert_array_equal(fc1[0, 1::2], mlp.up_proj.weight.detach().numpy())
-    np.testing.assert_array_equal(fc2[0], mlp.down_proj.weight.detach().numpy())
-    got = Embedder.load(moe_embedder.out).embed_documents(TEXTS)
-    ref = Embedder.load(embedder_dir).embed_documents(TEXTS)
-    np.testing.assert_allclose(got, ref, atol=2e-6)
-
-
 def test_packed_qkv_without_norms_is_exact_on_cpu(tiny_llama, tmp_path):
     plain = export_model("embedder", str(tiny_llama), tmp_path / "plain")
     packed = export_model("embedder", str(tiny_llama), tmp_path / "packed", rewrites=("qkv",))
-    assert packed.parity.passed and "requires_device" not in packed.manifest.extra
+    assert packed.parity.passed and packed.manifest.requires_device is None
     assert packed.manifest.extra["fused_ops"]["rewrite_qkv"] == 2
     assert packed.manifest.extra["fused_ops"]["rewrite_qkv_norms"] == 0
     graph = _graph(packed.out).graph
@@ -123,21 +96,21 @@ def test_packed_qkv_keeps_the_qkv_biases(tiny_qwen2, tmp_path):
 
 
 def test_device_default_rewrites_where_it_fits_and_records_it(tiny_ckpt, tmp_path, monkeypatch):
-    """The CUDA default (rewrites=None -> qkv, swiglu) never fails an export: qkv where it fits,
-    swiglu dropped with a warning when the ops library is not built; asked-for rewrites must fit."""
+    """The CUDA default (rewrites=None -> qkv) is the same on every machine, whether or not the
+    opt-in ops library is built; qkv applies where it fits (the q/k norms: CUDA only)."""
     from embedrank import ops
     from embedrank.export import onnx as onnx_export
 
+    assert onnx_export.CUDA_REWRITES == ("qkv",)
     resolve = onnx_export.resolve_variant
     monkeypatch.setattr(onnx_export, "resolve_variant",  # the CUDA default, on CPU
                         lambda *a: (*resolve(*a)[:3], onnx_export.CUDA_REWRITES))
     monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "no-ops"))
     monkeypatch.delenv(ops.LIBRARY_ENV, raising=False)
-    with pytest.warns(UserWarning, match="without the fused SwiGLU kernel.*embedrank ops build"):
-        result = export_model("embedder", str(tiny_ckpt), tmp_path / "default")
+    result = export_model("embedder", str(tiny_ckpt), tmp_path / "default")
     assert result.manifest.extra["fused_ops"]["rewrite_qkv"] == 0  # q/k norms: CUDA only
-    assert result.manifest.extra["rewrites"] == ["qkv"] and "custom_ops" not in result.manifest.extra
-    assert "requires_device" not in result.manifest.extra and result.parity.passed
+    assert result.manifest.extra["rewrites"] == ["qkv"] and result.manifest.custom_ops == ()
+    assert result.manifest.requires_device is None and result.parity.passed
 
 
 def test_qk_norms_move_into_gqa_with_the_model_weights(embedder_dir, torch_embedder, tiny_ckpt):
@@ -169,21 +142,20 @@ def test_cuda_only_rewrite_is_refused_on_cpu_and_by_the_cpu_runtime(tiny_ckpt, e
     assert not (tmp_path / "qkv").exists()
     cuda_only = tmp_path / "cuda-only"
     shutil.copytree(embedder_dir, cuda_only)
-    manifest = json.loads((cuda_only / "embedrank.json").read_text())
-    manifest["extra"]["requires_device"] = "cuda"
-    (cuda_only / "embedrank.json").write_text(json.dumps(manifest))
+    manifest = read_manifest(cuda_only)
+    replace(manifest, requires_device="cuda").sealed(cuda_only).write(cuda_only)
     with pytest.raises(DeviceError, match="exported for CUDA"):
         Embedder.load(cuda_only, device="cpu")
-    manifest["extra"] = {**manifest["extra"], "requires_device": None, "min_onnxruntime": "99.0"}
-    (cuda_only / "embedrank.json").write_text(json.dumps(manifest))
+    replace(manifest, min_onnxruntime="99.0").sealed(cuda_only).write(cuda_only)
     with pytest.raises(DeviceError, match="needs onnxruntime >= 99.0"):
         Embedder.load(cuda_only, device="cpu")
 
 
 def test_cli_rewrites_option(tiny_ckpt, tmp_path):
-    from embedrank.plugin.cli import _rewrites
+    from embedrank.cli.main import _rewrites
 
-    assert _rewrites(None) is None and _rewrites("none") == () and _rewrites("qkv, moe") == ("qkv", "moe")
+    assert _rewrites(None) is None and _rewrites("none") == ()
+    assert _rewrites("qkv, swiglu") == ("qkv", "swiglu")
     with pytest.raises(click.BadParameter, match="rewrite names"):
         _rewrites(" , ")
     result = CliRunner().invoke(main, ["export", "embedder", str(tiny_ckpt), str(tmp_path / "x"),

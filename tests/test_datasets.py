@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from embedrank.beir import load_beir
+from embedrank.datasets import chatterbot_data_dir, chatterbot_to_beir, stable_id
 from embedrank.errors import InputError
-from embedrank.plugin.datasets import chatterbot_data_dir, chatterbot_to_beir, stable_id
-from embedrank.plugin.metrics import load_beir
 
 pytest.importorskip("yaml", reason="pyyaml is needed by the converter")
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from embedrank.beir import document_text, load_beir, read_trec_run
+from embedrank.cli.main import main
 from embedrank.errors import InputError
-from embedrank.plugin.cli import main
-from embedrank.plugin.evaluate import EvalConfig, document_text, run_eval
-from embedrank.plugin.metrics import evaluate, load_beir, read_trec_run
-from embedrank.plugin.runtime import Embedder, Reranker
+from embedrank.metrics import evaluate
+from embedrank.plugin.evaluate import EvalConfig, run_eval
+from embedrank.runtime import Embedder, Reranker
 
 TOPICS = ["cooking pasta", "training a dog", "fixing a bicycle", "planting tomatoes",
           "learning the piano", "saving money", "running a marathon", "painting a wall"]
@@ -52,7 +53,7 @@ def small_beir(tmp_path: Path) -> Path:
 def chatterbot_slice(tmp_path: Path) -> Path:
     """The test split's first 12 queries against their answers plus 40 other passages."""
     pytest.importorskip("yaml")
-    from embedrank.plugin.datasets import chatterbot_to_beir
+    from embedrank.datasets import chatterbot_to_beir
 
     chatterbot_to_beir(tmp_path / "full")
     corpus, queries, qrels = load_beir(tmp_path / "full")

@@ -7,12 +7,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from embedrank.cli.main import main
 from embedrank.errors import InputError, ParityError
 from embedrank.export import export_model, verify
 from embedrank.export.parity import DOCUMENTS, QUERIES
 from embedrank.manifest import fingerprint, read_manifest
 from embedrank.plugin import Embedder, Reranker
-from embedrank.plugin.cli import main
 
 
 def test_verification_batch_is_mixed_length_and_unicode(tokenizer):

@@ -5,11 +5,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from embedrank.cli.main import main
 from embedrank.errors import InputError
 from embedrank.export import export_model
 from embedrank.manifest import read_manifest
 from embedrank.plugin import Embedder
-from embedrank.plugin.cli import main
 
 
 @pytest.fixture()

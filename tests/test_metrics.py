@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from embedrank.beir import load_beir, read_trec_run, write_trec_run
 from embedrank.errors import InputError
-from embedrank.plugin.metrics import (
-    evaluate,
-    load_beir,
-    mrr_at_k,
-    ndcg_at_k,
-    per_query,
-    rank,
-    read_trec_run,
-    recall_at_k,
-    write_trec_run,
-)
+from embedrank.metrics import evaluate, mrr_at_k, ndcg_at_k, per_query, rank, recall_at_k
 
 L3 = math.log2(3)  # discount at rank 2
 

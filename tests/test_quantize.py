@@ -68,17 +68,24 @@ def test_failed_int8_parity_writes_nothing(tiny_ckpt, tmp_path, monkeypatch):
 
 def test_sensitive_layers_stay_fp32(torchscript_embedder_dir, tmp_path):
     model = onnx.load(str(torchscript_embedder_dir / "model.onnx"))
-    quantized, kept = select_nodes(model, RECIPES["dynamic-pc-keep"].keep_fp32)
+    first_last = (r"/layers\.0/", r"/layers\.{last}/")
+    quantized, kept = select_nodes(model, first_last)
     assert len(quantized) + len(kept) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
     assert quantized == []  # with 2 layers the first and last blocks are all of them
     with pytest.raises(InputError, match="nothing to quantize"):
-        quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx", "dynamic-pc-keep")
-    recipe = QuantRecipe("keep-down", "dynamic", per_channel=True, keep_fp32=(r"/down_proj/",))
+        quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx",
+                 QuantRecipe("keep-ends", "pertoken", keep_fp32=first_last))
+    recipe = QuantRecipe("keep-down", "pertoken", keep_fp32=(r"/down_proj/",))
     result = quantize(torchscript_embedder_dir / "model.onnx", tmp_path / "q.onnx", recipe)
     assert result.quantized == 12 and [n.split("/")[-2] for n in result.kept_fp32] == ["down_proj"] * 2
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     names = {n.name for n in graph.node if n.op_type == "MatMul"}
-    assert set(result.kept_fp32) <= names and not set(quantized) & names
+    assert set(result.kept_fp32) <= names
+
+
+def test_the_product_ships_the_recipes_a_user_should_pick() -> None:
+    assert sorted(RECIPES) == ["int8-block32", "smooth-pertoken", "w8-block32"]
+    assert DEFAULT_RECIPE == "int8-block32" and RECIPES["smooth-pertoken"].smooth == 0.5
 
 
 def test_unknown_recipe_is_an_input_error(torchscript_embedder_dir, tmp_path):

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from qdrant_client import models
 from reliability_support import TALLY, FlakyQdrant, contents, flaky_client, size
 
+from embedrank.cli.main import main
 from embedrank.plugin import QdrantClient, register_embedder
-from embedrank.plugin.cli import main
 from embedrank.plugin.ingest import ingest_records, model_name, point_id
 from embedrank.plugin.retry import Backoff, retry_call
 
@@ -114,7 +114,7 @@ def test_upload_points_survives_random_qdrant_failures(clean, model):
 
 
 def spawn_ingest(corpus, db, embedder_dir) -> subprocess.Popen:
-    code = "from embedrank.plugin.cli import main; main()"
+    code = "from embedrank.cli.main import main; main()"
     return subprocess.Popen(
         [sys.executable, "-c", code, "ingest", "docs", str(corpus), "--embedder",
          str(embedder_dir), "--path", str(db), "--batch-size", "32"],

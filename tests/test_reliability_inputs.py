@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from qdrant_client import models
 from reliability_support import TALLY
 
+from embedrank.cli.main import main
 from embedrank.errors import EmbedrankError, InputError, ManifestError, ModelDirError
 from embedrank.plugin import (
     AsyncQdrantClient,
@@ -27,7 +28,6 @@ from embedrank.plugin import (
     Reranker,
     register_embedder,
 )
-from embedrank.plugin.cli import main
 from embedrank.plugin.ingest import ingest_records, model_name, read_records
 from embedrank.plugin.vectorizer import registration
 

@@ -19,15 +19,15 @@ from click.testing import CliRunner
 from qdrant_support import other_fingerprint_dir
 from reliability_support import TALLY
 
+from embedrank.cli.main import main
 from embedrank.errors import ManifestError, ModelDirError
 from embedrank.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, fingerprint, read_manifest
 from embedrank.plugin import Embedder, QdrantClient, Reranker
-from embedrank.plugin.cli import main
 
 pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("embedrank", "plugin", "export", "train")
+CODE_DIRS = ("embedrank", "runtime", "ops", "train", "export", "plugin", "bench", "cli")
 
 
 def variant(src: Path, dst: Path) -> Path:

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from reliability_support import TALLY, FlakyQdrant, flaky_client
 
+from embedrank.cli.main import main
 from embedrank.errors import InputError, ServiceError
 from embedrank.plugin import AsyncQdrantClient, QdrantClient, register_embedder
-from embedrank.plugin.cli import main
 from embedrank.plugin.ingest import ingest_records, open_client
 from embedrank.plugin.retry import Backoff
 

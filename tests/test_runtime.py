@@ -17,13 +17,14 @@ from embedrank.errors import (
     ModelDirError,
 )
 from embedrank.formats import matryoshka
+from embedrank.manifest import read_manifest
 from embedrank.plugin import Embedder, Reranker
 
 TEXTS = ["one", "two words", "a somewhat longer sentence, with punctuation!", "四 五 六"]
 
 
 def test_plugin_import_never_loads_torch():
-    code = ("import sys, embedrank.plugin, embedrank.plugin.cli; "
+    code = ("import sys, embedrank.plugin, embedrank.cli.main; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -107,7 +108,7 @@ def test_cuda_without_a_cuda_provider_is_an_error_not_a_fallback(embedder_dir):
 def test_cuda_provider_options(monkeypatch):
     import onnxruntime as ort
 
-    from embedrank.plugin.runtime import providers_for
+    from embedrank.runtime.models import providers_for
 
     available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: available)
@@ -152,7 +153,7 @@ def test_manifest_that_does_not_match_the_graph(tmp_path, embedder_dir, reranker
         Embedder.load(bad)
     with pytest.raises(ManifestError, match="dim=128"):  # the graph check, on its own
         Embedder.load(bad, check_fingerprint=False)
-    with pytest.raises(ManifestError, match="load it with embedrank.plugin.Reranker"):
+    with pytest.raises(ManifestError, match="not an embedder: load it with embedrank.runtime.Reranker"):
         Embedder.load(reranker_dir)
     garbage = tmp_path / "garbage"
     shutil.copytree(embedder_dir, garbage)
@@ -196,3 +197,44 @@ def test_wrong_input_types(embedder_dir, bad):
 def test_wrong_instruction_type(embedder_dir):
     with pytest.raises(InputError, match="instruction"):
         Embedder.load(embedder_dir).embed_queries(["q"], instruction=3)
+
+
+@pytest.mark.parametrize("field,value", [("requires_device", "cuda"), ("min_onnxruntime", "1.0"),
+                                         ("custom_ops", ["SwiGLU"])])
+def test_requirements_are_typed_and_sealed(tmp_path, embedder_dir, field, value):
+    edited = tmp_path / "edited"
+    shutil.copytree(embedder_dir, edited)
+    data = json.loads((edited / "embedrank.json").read_text())
+    assert field in data and "requires_device" not in data["extra"]  # typed, not in extra
+    data[field] = value
+    (edited / "embedrank.json").write_text(json.dumps(data))
+    with pytest.raises((ManifestError, DeviceError), match="fingerprint|exported for CUDA"):
+        Embedder.load(edited)
+    data["fingerprint"] = read_manifest(embedder_dir).fingerprint
+    with pytest.raises((ManifestError, DeviceError)):
+        Embedder.load(edited, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["weights.bin", "model.onnx.data", "sub/extra.onnx_data"])
+def test_the_fingerprint_covers_every_file_whatever_its_name(tmp_path, embedder_dir, name):
+    edited = tmp_path / "edited"
+    shutil.copytree(embedder_dir, edited)
+    (edited / name).parent.mkdir(parents=True, exist_ok=True)
+    (edited / name).write_bytes(b"\0" * 16)  # an added external-data file
+    with pytest.raises(ManifestError, match="fingerprint"):
+        Embedder.load(edited)
+
+
+def test_old_manifests_are_refused_with_what_to_do(tmp_path, embedder_dir):
+    old = tmp_path / "old"
+    shutil.copytree(embedder_dir, old)
+    data = json.loads((old / "embedrank.json").read_text())
+    assert data["format_version"] == 2
+    data["format_version"] = 1
+    (old / "embedrank.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="format_version 1.*re-export the model with `embedrank export"):
+        Embedder.load(old)
+    data["format_version"] = 3
+    (old / "embedrank.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="upgrade embedrank"):
+        Embedder.load(old)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from embedrank.cli.main import main
 from embedrank.errors import InputError
-from embedrank.plugin.cli import main
 from embedrank.train import synth_prompts as P
 from embedrank.train.data import Batcher, load_examples
 from embedrank.train.synth import SynthConfig, parse_config, parse_json, run_synth, synthesize

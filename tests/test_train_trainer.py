@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from embedrank.plugin.cli import main
+from embedrank.cli.main import main
 from embedrank.train.trainer import LOG_FILE, STATE_FILE, TrainConfig, train
 
 ROWS = [

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedrank.beir import document_text, load_beir
 from embedrank.errors import InputError
 
 
@@ -71,15 +72,9 @@ def parse_example(obj) -> Example:
     return Example(query, pos, neg, instruction)
 
 
-def _beir_text(doc: dict) -> str:
-    return f"{doc['title']}\n{doc['text']}" if doc.get("title") else doc["text"]
-
-
 def _load_beir(folder: Path, split: str):
-    from embedrank.plugin.metrics import load_beir
-
     corpus, queries, qrels = load_beir(folder, split)
-    return {d: _beir_text(doc) for d, doc in corpus.items()}, queries, qrels
+    return {d: document_text(doc) for d, doc in corpus.items()}, queries, qrels
 
 
 def beir_examples(folder: str | Path, split: str = "train") -> list[Example]:

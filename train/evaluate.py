@@ -1,6 +1,6 @@
 """Held-out ranking quality of the torch modules: nDCG@10 / MRR@10 over an :class:`EvalSet`.
 
-The metric math is :mod:`embedrank.plugin.metrics` (torch-free, trec_eval conventions); this
+The metric math is :mod:`embedrank.metrics` (torch-free, trec_eval conventions); this
 module only produces runs ``{qid: {docid: score}}``.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from embedrank.plugin.metrics import evaluate
+from embedrank.metrics import evaluate
 from embedrank.train.data import EvalSet
 from embedrank.train.modeling import Embedder, Reranker
 

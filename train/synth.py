@@ -268,7 +268,7 @@ class TorchEncoder:
 def load_encoder(src: str, device: str | None = None):
     """An exported model dir (``embedrank.json``) runs on ONNX Runtime, anything else on torch."""
     if (Path(src) / "embedrank.json").is_file():
-        from embedrank.plugin import Embedder
+        from embedrank.runtime import Embedder
 
         return Embedder.load(src, device=device or "cpu")
     return TorchEncoder(src, device)

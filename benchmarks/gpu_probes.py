@@ -59,7 +59,7 @@ def memory_probe(model_dir: Path, rows: list, pad_id: int) -> dict:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return {"error": "no CUDA provider (dry run)"}
-    from embedrank.plugin.runtime import _ops_library
+    from embedrank.runtime import _ops_library
 
     manifest = read_manifest(model_dir)
     ids, mask = pad(rows, pad_id, manifest.padding_side)

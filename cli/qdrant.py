@@ -114,6 +114,9 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
               help="Qdrant local mode directory [default: in memory].")
 def demo(embedder, reranker, db) -> None:
     """Ingest a small corpus and answer queries without and with rerank, side by side."""
+    from embedrank.cli.demo import default_model
     from embedrank.plugin.demo import run_demo
 
+    embedder = embedder or default_model("embedder", click.echo)
+    reranker = reranker or default_model("reranker", click.echo)
     run_demo(embedder, reranker, db, echo=click.echo)

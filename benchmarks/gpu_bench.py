@@ -105,7 +105,7 @@ def gpu_used_mib() -> float:
 def onnx_backend(model_dir: Path, **load_options):
     """The runtime's model (``load_options``: io_binding, static_shape, cuda_graph), padding as it does."""
     from embedrank.manifest import read_manifest
-    from embedrank.plugin.runtime import Embedder, Reranker
+    from embedrank.runtime import Embedder, Reranker
 
     cls = Embedder if read_manifest(model_dir).kind == "embedder" else Reranker
     model = cls.load(model_dir, device=DEVICE, **load_options)

@@ -1,9 +1,8 @@
-"""Torch-free runtime: load an exported model directory and embed / rerank with ONNX Runtime."""
+"""The runtime: model directories served with ONNX Runtime (no torch)."""
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from embedrank.manifest import GRAPH_NAME, TOKENIZER_NAME, Manifest, fingerprint
 
 DEFAULT_TOKEN_BUDGET = 16384  # padded tokens per forward pass (TEI's default)
 DEFAULT_MAX_BATCH = 128
-INPUT_DIMS = ("batch", "sequence")  # the names export/ gives the input axes (both export paths)
 
 
 def providers_for(device: str) -> list:
@@ -57,46 +55,29 @@ class _OnnxModel:
     def __init__(self, path: str | os.PathLike, device: str = "cpu", *,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, max_batch_size: int = DEFAULT_MAX_BATCH,
                  check_fingerprint: bool = True, threads: int | None = None,
-                 io_binding: bool | None = None, static_shape: tuple[int, int] | None = None,
-                 cuda_graph: bool = False) -> None:
-        """``static_shape=(B, S)``: every forward pass is exactly B x S (rows padded to S, missing rows
-        filled with one-token dummies), so ONNX Runtime folds every shape computation and no node
-        runs on the CPU; ``cuda_graph=True`` (needs it, and CUDA) also replays the pass as a CUDA
-        graph (+1.3% on an H100 at 64 x 256, docs/performance.md)."""
+                 io_binding: bool | None = None) -> None:
         self.path = Path(path)
         self.device = device
-        if cuda_graph and static_shape is None:
-            raise InputError("cuda_graph=True needs static_shape=(batch, sequence): a CUDA graph "
-                             "replays one fixed input size")
-        if cuda_graph and not device.startswith("cuda"):
-            raise DeviceError(f"cuda_graph=True needs a CUDA device, not device={device!r}")
         # CUDA: bind inputs / output explicitly (one host->device copy per input, the output
         # allocated by ORT on the device and copied back once); CPU keeps session.run
         self.io_binding = device != "cpu" if io_binding is None else io_binding
         self.manifest: Manifest = read_manifest(self.path)
         if self.manifest.kind != self.kind:
-            raise ManifestError(f"{str(self.path)!r} holds a {self.manifest.kind}, not a {self.kind}: "
-                                f"load it with embedrank.plugin.{self.manifest.kind.title()}")
-        if device == "cpu" and self.manifest.extra.get("requires_device") == "cuda":
+            raise ManifestError(f"{str(self.path)!r} holds a {self.manifest.kind}, not {_an(self.kind)}: "
+                                f"load it with embedrank.runtime.{self.manifest.kind.title()}")
+        if device == "cpu" and self.manifest.requires_device == "cuda":
             raise DeviceError(f"{str(self.path)!r} was exported for CUDA (GroupQueryAttention with the "
                               "q/k norms inside, which ONNX Runtime runs on CUDA only): load it with "
                               "device='cuda', or export for CPU with `embedrank export ... --device cpu`")
-        self.static_shape = _check_static_shape(static_shape, self.manifest.max_length)
-        _check_onnxruntime(self.manifest.extra.get("min_onnxruntime"), self.path)
+        _check_onnxruntime(self.manifest.min_onnxruntime, self.path)
         if check_fingerprint and fingerprint(self.path, self.manifest) != self.manifest.fingerprint:
             raise ManifestError(f"the files in {str(self.path)!r} do not match the fingerprint in its "
                                 "manifest (changed or corrupted since export); re-export the model")
         self.tokenizer = _tokenizer(self.path / TOKENIZER_NAME)
-        self.session = _session(self.path / GRAPH_NAME, device, threads, self.static_shape, cuda_graph,
-                                self.manifest.extra.get("custom_ops"))
+        self.session = _session(self.path / GRAPH_NAME, device, threads, self.manifest.custom_ops)
         self._check_graph()
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
-        if self.static_shape is not None:  # batches of exactly B rows of at most S tokens
-            self.max_batch_size, seq = self.static_shape
-            self.token_budget = self.max_batch_size * seq
-        self._graph_buffers = self._bind_device_buffers() if cuda_graph else None
-        self._graph_lock = threading.Lock()  # one batch at a time in the shared device buffers
 
     @property
     def fingerprint(self) -> str:
@@ -116,10 +97,6 @@ class _OnnxModel:
                 f"{[o.name for o in outputs]}, but its manifest says {m.inputs} -> {m.output!r}; "
                 "re-export the model")
         shape = outputs[0].shape
-        if self.static_shape is not None and any(
-                i.shape != list(self.static_shape) for i in self.session.get_inputs()):
-            raise ManifestError(f"the graph in {str(self.path)!r} does not name its input axes "
-                                f"{INPUT_DIMS}, so static_shape cannot fix them; re-export the model")
         if self.kind == "embedder" and (len(shape) != 2 or shape[1] != m.dim):
             raise ManifestError(f"the graph outputs {shape} but the manifest says dim={m.dim}; "
                                 "re-export the model")
@@ -133,56 +110,17 @@ class _OnnxModel:
              progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Run the graph over token-budget batches (longest first); rows back in input order."""
         lengths = [len(s) for s in seqs]
-        if self.static_shape is not None and max(lengths, default=0) > self.static_shape[1]:
-            raise InputError(f"an input has {max(lengths)} tokens, more than static_shape's sequence "
-                             f"length S={self.static_shape[1]}; load with a larger S (up to "
-                             f"max_length={self.max_length}) or shorten the texts")
         out = np.zeros((len(seqs), width) if width else (len(seqs),), dtype=np.float32)
         for batch in plan_batches(lengths, self.token_budget, self.max_batch_size):
-            ids, mask = self._pad([seqs[i] for i in batch])
+            ids, mask = pad([seqs[i] for i in batch], self.manifest.pad_token_id,
+                            self.manifest.padding_side)
             out[batch] = self._infer(ids, mask)[: len(batch)].astype(np.float32)
             if progress is not None:
                 progress(len(batch))
         return out
 
-    def _pad(self, rows: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Pad to the longest row; static: to B rows of S, dummies holding one real token (EOT)."""
-        m = self.manifest
-        if self.static_shape is None:
-            return pad(rows, m.pad_token_id, m.padding_side)
-        batch, seq = self.static_shape
-        ids, mask = pad(rows + [[m.eot_token_id]] * (batch - len(rows)), m.pad_token_id, m.padding_side)
-        extra = seq - ids.shape[1]
-        widths = ((0, 0), (extra, 0) if m.padding_side == "left" else (0, extra))
-        return np.pad(ids, widths, constant_values=m.pad_token_id), np.pad(mask, widths)
-
-    def _bind_device_buffers(self):
-        """CUDA graph: inputs and output on fixed device buffers, bound once (their addresses are
-        what the graph replays); each batch is copied into them in place."""
-        import onnxruntime as ort
-
-        index = _device_index(self.device)
-        zeros = np.zeros(self.static_shape, dtype=np.int64)
-        ids, mask = (ort.OrtValue.ortvalue_from_numpy(zeros, "cuda", index) for _ in range(2))
-        rows, dtype = self.static_shape[0], self.session.get_outputs()[0].type
-        shape = [rows, self.manifest.dim] if self.kind == "embedder" else [rows]
-        dtype = np.float16 if dtype == "tensor(float16)" else np.float32
-        out = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", index)
-        binding = self.session.io_binding()
-        binding.bind_ortvalue_input("input_ids", ids)
-        binding.bind_ortvalue_input("attention_mask", mask)
-        binding.bind_ortvalue_output(self.manifest.output, out)
-        return ids, mask, out, binding
-
     def _infer(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """One forward pass over a padded batch."""
-        if self._graph_buffers is not None:
-            ids_buffer, mask_buffer, out, binding = self._graph_buffers
-            with self._graph_lock:
-                ids_buffer.update_inplace(ids)
-                mask_buffer.update_inplace(mask)
-                self.session.run_with_iobinding(binding)
-                return out.numpy()
         if not self.io_binding:
             return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         binding = self.session.io_binding()
@@ -192,6 +130,10 @@ class _OnnxModel:
                             _device_index(self.device))
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+
+def _an(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _check_onnxruntime(minimum: str | None, path: Path) -> None:
@@ -206,32 +148,21 @@ def _check_onnxruntime(minimum: str | None, path: Path) -> None:
                           f"pip install -U 'onnxruntime-gpu>={minimum}', or re-export without --rewrites qkv")
 
 
-def _ops_library(custom_ops: dict | None, device: str, path: Path) -> Path | None:
+def _ops_library(custom_ops: tuple[str, ...], device: str, path: Path) -> Path | None:
     """embedrank's custom-op library for a model whose graph uses it (the "swiglu" rewrite)."""
     if not custom_ops:
         return None
-    from embedrank.ops import DOMAIN, find_library
+    from embedrank.ops import OPS, find_library
 
-    if custom_ops.get("domain") != DOMAIN:
-        raise ManifestError(f"{str(path)!r} needs custom ops of domain {custom_ops.get('domain')!r}, "
-                            f"not embedrank's {DOMAIN!r}; re-export the model")
+    unknown = sorted(set(custom_ops) - set(OPS))
+    if unknown:
+        raise ManifestError(f"{str(path)!r} needs custom ops {unknown} that this embedrank's library "
+                            f"lacks (it has {list(OPS)}); upgrade embedrank or re-export the model")
     return find_library(cuda=device != "cpu")
 
 
 def _device_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
-
-
-def _check_static_shape(shape, max_length: int) -> tuple[int, int] | None:
-    if shape is None:
-        return None
-    if not (isinstance(shape, (tuple, list)) and len(shape) == 2 and all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
-        raise InputError(f"static_shape must be two positive ints (batch, sequence), got {shape!r}")
-    if shape[1] > max_length:
-        raise InputError(f"static_shape's sequence length {shape[1]} is over this model's "
-                         f"max_length={max_length}")
-    return int(shape[0]), int(shape[1])
 
 
 def _tokenizer(path: Path):
@@ -241,16 +172,11 @@ def _tokenizer(path: Path):
         raise ModelDirError(f"cannot read the tokenizer {str(path)!r} ({exc}); re-export the model") from None
 
 
-def _session(path: Path, device: str, threads: int | None,
-             static_shape: tuple[int, int] | None = None, cuda_graph: bool = False,
-             custom_ops: dict | None = None):
+def _session(path: Path, device: str, threads: int | None, custom_ops: tuple[str, ...] = ()):
     import onnxruntime as ort
 
     providers = providers_for(device)
     ops_library = _ops_library(custom_ops, device, path.parent)  # after the device is checked
-    if cuda_graph:
-        name, provider_options = providers[0]
-        providers[0] = (name, {**provider_options, "enable_cuda_graph": "1"})
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -261,18 +187,9 @@ def _session(path: Path, device: str, threads: int | None,
         except Exception as exc:  # onnxruntime raises its own Fail type
             raise OpsError(f"ONNX Runtime cannot load the ops library {str(ops_library)!r} ({exc}); "
                            "rebuild it with `embedrank ops build --force`") from None
-    if static_shape is not None:
-        # fix the input axes by name when the graph is loaded: the same optimized graph as an
-        # onnx-edited copy with fixed dims (checked on ORT 1.32), without needing onnx (not a
-        # serving dependency) and without touching the model directory or its external data
-        for dim, size in zip(INPUT_DIMS, static_shape, strict=True):
-            options.add_free_dimension_override_by_name(dim, size)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-        if cuda_graph or static_shape is not None:
-            raise DeviceError(f"ONNX Runtime refused {str(path)!r} with static_shape={static_shape} / "
-                              f"cuda_graph={cuda_graph} ({str(exc)[:300]}); load it without them") from None
         raise ModelDirError(f"ONNX Runtime cannot load {str(path)!r} ({str(exc)[:300]}); the file "
                             "is truncated or corrupt (or needs a newer onnxruntime): re-export the "
                             "model") from None

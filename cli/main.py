@@ -53,12 +53,13 @@ def _export_options(fn):
                           "fp32 on cuda]."),
         click.option("--rewrites", default=None, metavar="LIST",
                      help="Graph rewrites of the fused GQA graph, comma-separated: qkv (packed QKV, "
-                          "q/k norms in the op; CUDA), swiglu (one fused SwiGLU kernel; needs "
-                          "`embedrank ops build`), moe (MLP as one MoE op), or none "
-                          "[default: qkv,swiglu on cuda (swiglu only once the library is built), "
-                          "none on cpu]."),
-        click.option("--int8-recipe", default=None,
-                     help="With --dtype int8: a recipe of docs/int8.md [default: int8-block32]."),
+                          "q/k norms in the op; CUDA), swiglu (one fused SwiGLU kernel, opt-in: "
+                          "needs `embedrank ops build` where the model is exported and served), "
+                          "or none [default: qkv on cuda, none on cpu]."),
+        click.option("--int8-recipe", type=click.Choice(["int8-block32", "w8-block32", "smooth-pertoken"]),
+                     default=None, help="With --dtype int8: int8-block32 (no calibration), w8-block32 "
+                     "(weight-only, closest to fp32) or smooth-pertoken (fastest; needs --calibration) "
+                     "[default: int8-block32]."),
         click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
                      help='With a smooth-* int8 recipe: JSONL calibration texts, {"text": ...} '
                           'or {"query": ...} per line.'),
@@ -96,7 +97,7 @@ def _rewrites(text: str | None) -> tuple[str, ...] | None:
         return ()
     names = tuple(r.strip() for r in text.split(",") if r.strip())
     if not names:
-        raise click.BadParameter("give rewrite names (qkv, swiglu, moe) or 'none'",
+        raise click.BadParameter("give rewrite names (qkv, swiglu) or 'none'",
                                  param_hint="--rewrites")
     return names
 
@@ -135,11 +136,11 @@ def verify(model_dir, src, device, json_out) -> None:
 
 
 # Subcommands live in their own modules (heavy imports stay inside their functions).
-from embedrank.plugin.cli_bench import bench  # noqa: E402
-from embedrank.plugin.cli_eval import eval_cmd  # noqa: E402
-from embedrank.plugin.cli_ops import ops  # noqa: E402
-from embedrank.plugin.cli_qdrant import demo, ingest, query  # noqa: E402
-from embedrank.plugin.cli_train import merge, synth, train  # noqa: E402
+from embedrank.cli.bench import bench  # noqa: E402
+from embedrank.cli.eval import eval_cmd  # noqa: E402
+from embedrank.cli.ops import ops  # noqa: E402
+from embedrank.cli.qdrant import demo, ingest, query  # noqa: E402
+from embedrank.cli.train import merge, synth, train  # noqa: E402
 
 for _command in (ingest, query, demo, train, merge, synth, eval_cmd, bench, ops):
     main.add_command(_command)

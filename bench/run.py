@@ -1,7 +1,7 @@
 """``embedrank bench``: throughput and latency of the ONNX runtime, with PyTorch side by side.
 
 Torch-free: the PyTorch backends (``--against torch|torch-compile``) and the random-weight
-models (``--random-arch``) live in :mod:`embedrank.export.bench_torch`, imported only then.
+models (``--random-arch``) live in :mod:`embedrank.bench.torch_backend`, imported only then.
 
 Inputs are realistic variable-length documents: lengths drawn uniformly from a range (seeded),
 texts built from whole-word vocabulary tokens so that a text of ``n - 1`` words is ``n`` tokens
@@ -24,7 +24,7 @@ import numpy as np
 
 from embedrank.errors import InputError
 from embedrank.formats import encode_embedding_inputs, encode_rerank_inputs, plan_batches
-from embedrank.plugin.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, Embedder, Reranker
+from embedrank.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, Embedder, Reranker
 
 BACKENDS = ("onnx", "torch", "torch-compile")
 COLLECTION = "embedrank-bench"
@@ -175,7 +175,7 @@ class OnnxBackend:
 def _backend(name: str, kind: str, model_dir: Path, onnx: OnnxBackend, device: str):
     if name == "onnx":
         return onnx
-    from embedrank.export.bench_torch import torch_backend
+    from embedrank.bench.torch_backend import torch_backend
 
     return torch_backend(kind, model_dir, device, name)
 
@@ -185,7 +185,7 @@ def _release(name: str) -> None:
     if name == "onnx":
         return
     gc.collect()
-    from embedrank.export.bench_torch import free_device_memory
+    from embedrank.bench.torch_backend import free_device_memory
 
     free_device_memory()
 

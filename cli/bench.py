@@ -1,4 +1,4 @@
-"""``embedrank bench``: parse the options and call :mod:`embedrank.plugin.bench`."""
+"""``embedrank bench``: parse the options and call :mod:`embedrank.bench.run`."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _print(result: dict) -> None:
 def bench(embedder_dir, reranker_dir, device, against, lengths, batch_size, docs, rerank_calls,
           queries, warmup, seed, json_out, report_dir, random_arch, optimize, tokenizer) -> None:
     """Throughput and latency: ONNX runtime, optionally PyTorch side by side, Qdrant ingest/query."""
-    from embedrank.plugin.bench import BenchConfig, parse_lengths, run_bench, summary
+    from embedrank.bench.run import BenchConfig, parse_lengths, run_bench, summary
 
     if bool(embedder_dir) == bool(random_arch):
         raise InputError("give either --embedder DIR (with optional --reranker DIR) or --random-arch")
@@ -75,7 +75,7 @@ def bench(embedder_dir, reranker_dir, device, against, lengths, batch_size, docs
     workdir, model = None, None
     try:
         if random_arch:
-            from embedrank.export.bench_torch import random_arch_models
+            from embedrank.bench.torch_backend import random_arch_models
 
             workdir = tempfile.mkdtemp(prefix="embedrank-bench-")
             click.echo(f"building and exporting random {random_arch} weights ...", err=True)
@@ -93,6 +93,6 @@ def bench(embedder_dir, reranker_dir, device, against, lengths, batch_size, docs
         with open(json_out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
     if report_dir:
-        from embedrank.plugin.bench_report import write_report
+        from embedrank.bench.report import write_report
 
         click.echo(f"wrote {write_report(full, report_dir)}")

@@ -39,8 +39,8 @@ _DIR = click.Path(exists=True, file_okay=False)
 def eval_cmd(data, embedder, reranker, top_k, db, url, api_key, collection, split, instruction,
              batch_size, run_out, json_out, report_dir, quiet) -> None:
     """nDCG@10, Recall@100 and MRR@10 on a BEIR folder: embed only, and embed + rerank."""
+    from embedrank.beir import write_trec_run
     from embedrank.plugin.evaluate import EvalConfig, dataset_name, run_eval, table
-    from embedrank.plugin.metrics import write_trec_run
 
     cfg = EvalConfig(top_k=top_k, split=split, instruction=instruction, batch_size=batch_size,
                      collection=collection, progress=not quiet)

@@ -24,7 +24,7 @@ def _documents(vocab: int, eot: int, n: int, lengths: tuple[int, int], seed: int
 
 
 def _onnx_runner(path: Path, threads: int):
-    from embedrank.plugin.runtime import Embedder
+    from embedrank.runtime import Embedder
 
     model = Embedder.load(path, threads=threads)
     return lambda seqs: model._run(seqs, model.manifest.dim)
@@ -33,7 +33,7 @@ def _onnx_runner(path: Path, threads: int):
 def _torch_runner(ckpt: str, threads: int):
     import torch
 
-    from embedrank.export.bench_torch import TorchBackend
+    from embedrank.bench.torch_backend import TorchBackend
 
     torch.set_num_threads(threads)
     return TorchBackend("embedder", ckpt, "cpu")._run  # the runtime's batches, fp32 on CPU

@@ -57,7 +57,7 @@ def gguf_to_checkpoint(gguf: Path, out: Path) -> Path:
 
 def beir_folder(data: Path | None, work: Path) -> Path:
     """``data``, or the ChatterBot corpus converted into ``work`` [default]."""
-    from embedrank.plugin.datasets import chatterbot_to_beir
+    from embedrank.datasets import chatterbot_to_beir
 
     if data is None:
         data = work / "chatterbot"
@@ -73,7 +73,7 @@ def _doc_text(doc: dict) -> str:
 def load_texts(data: Path, splits: tuple[str, ...] = ("train", "test")):
     """(doc ids, doc texts, query ids, query texts, qrels) of a BEIR folder: the queries of
     ``splits``, the whole corpus."""
-    from embedrank.plugin.metrics import load_beir
+    from embedrank.beir import load_beir
 
     qrels: dict[str, dict[str, int]] = {}
     texts: dict[str, str] = {}
@@ -92,8 +92,8 @@ def calibration_texts(source: str, data: Path, count: int, seed: int = 0):
     """(documents, queries) to calibrate on: ``train`` = ``count`` random queries of the BEIR
     folder's train split and one positive document of each (so never a test query), or a
     JSONL file (``{"text"}`` / ``{"query"}`` lines, export/smooth.py)."""
+    from embedrank.beir import load_beir
     from embedrank.export.smooth import read_calibration_texts
-    from embedrank.plugin.metrics import load_beir
 
     if source != "train":
         return read_calibration_texts(source)
@@ -196,7 +196,7 @@ def torch_row(src: Path, budget: int, pooled_token: str | None) -> Row:
 
 
 def onnx_row(name: str, model_dir: Path, budget: int, threads: int) -> Row:
-    from embedrank.plugin.runtime import Embedder
+    from embedrank.runtime import Embedder
 
     runtime = Embedder.load(model_dir, token_budget=budget, threads=threads)
     size = sum(p.stat().st_size for p in model_dir.glob(GRAPH_NAME + "*")) / 2**20
@@ -233,7 +233,7 @@ def _top10(q: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def compare(rows: list[Row], tokens: int, doc_ids, query_ids, qrels) -> str:
-    from embedrank.plugin.metrics import ndcg_at_k
+    from embedrank.metrics import ndcg_at_k
 
     ref = rows[0]
     width = max(22, *(len(r.name) for r in rows))

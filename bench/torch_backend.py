@@ -1,6 +1,6 @@
 """The PyTorch side of ``embedrank bench``: eager / torch.compile backends and random-weight models.
 
-Imported lazily by :mod:`embedrank.plugin.bench` (which stays torch-free) only when
+Imported lazily by :mod:`embedrank.bench.run` (which stays torch-free) only when
 ``--against torch|torch-compile`` or ``--random-arch`` is given.
 """
 
@@ -18,7 +18,7 @@ from embedrank.errors import InputError, MissingDependencyError
 from embedrank.export.onnx import export_model
 from embedrank.formats import pad_left, plan_batches
 from embedrank.manifest import read_manifest
-from embedrank.plugin.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET
+from embedrank.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET
 from embedrank.train.modeling import Embedder, Reranker
 
 

@@ -7,36 +7,34 @@ always and a CUDA kernel when built with ``nvcc``; it needs only ONNX Runtime's 
 not its binaries. ``embedrank ops build`` compiles it into the cache; exports that use it record
 that in their manifest and the runtime registers it with the session.
 
-Headers: ``--ort-include DIR`` / ``$ORT_INCLUDE``, else ``/usr/include/onnxruntime`` (Debian's
-``libonnxruntime-dev``), else that Debian package is fetched from deb.debian.org, checked against
-its pinned SHA-256 and unpacked into the cache (the C API is backward compatible: a library
-built against API 21 loads in every later ONNX Runtime; one built against newer headers needs an
-ONNX Runtime at least that new, and refuses older ones with an error saying so).
+The library is opt-in: no default export uses it, so the same ``embedrank export`` command gives
+the same graph on every machine, built or not.
+
+Headers come from an installed package, never from a download: ``--ort-include DIR`` /
+``$ORT_INCLUDE``, else ``/usr/include/onnxruntime`` (Debian 13's / Ubuntu's ``libonnxruntime-dev``).
+The C API is backward compatible: a library built against API 21 loads in every later ONNX
+Runtime; one built against newer headers needs an ONNX Runtime at least that new, and refuses
+older ones with an error saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from embedrank.errors import OpsError
 
 DOMAIN = "ai.embedrank"
+OPS = ("SwiGLU",)  # what the library registers in DOMAIN
 SOURCES = ("swiglu.h", "swiglu_op.cc", "swiglu_cuda.cu")
 LIBRARY_ENV = "EMBEDRANK_OPS_LIBRARY"  # an explicit library file, used as is
 # compute capabilities compiled ahead of time (Ampere, Ada, Hopper); PTX of the last one lets
 # newer GPUs JIT-compile it
 DEFAULT_ARCHS = ("80", "86", "89", "90")
-HEADERS_DEB = ("http://deb.debian.org/debian/pool/main/o/onnxruntime/"
-               "libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb",
-               "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08")
 SYSTEM_HEADERS = Path("/usr/include/onnxruntime")  # Debian's libonnxruntime-dev
 _HERE = Path(__file__).parent
 
@@ -79,29 +77,8 @@ def find_library(cuda: bool) -> Path:
                    f"(or set ${LIBRARY_ENV})")
 
 
-def _unpack_deb_headers(deb: bytes, dest: Path) -> None:
-    """usr/include/onnxruntime/* of a .deb (an ar archive holding data.tar.xz) into ``dest``."""
-    if not deb.startswith(b"!<arch>\n"):
-        raise OpsError("the downloaded ONNX Runtime headers package is not a .deb")
-    pos, data = 8, None
-    while pos + 60 <= len(deb):
-        name, size = deb[pos:pos + 16].decode().strip().rstrip("/"), int(deb[pos + 48:pos + 58])
-        if name.startswith("data.tar"):
-            data = deb[pos + 60:pos + 60 + size]
-        pos += 60 + size + size % 2
-    if data is None:
-        raise OpsError("the ONNX Runtime headers package has no data.tar member")
-    prefix = "./usr/include/onnxruntime/"
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar:
-            rel = member.name[len(prefix):] if member.name.startswith(prefix) else None
-            if rel and member.isfile() and ".." not in Path(rel).parts:
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                (dest / rel).write_bytes(tar.extractfile(member).read())
-
-
 def ort_headers(include: str | os.PathLike | None = None) -> Path:
-    """A directory holding ``onnxruntime_cxx_api.h`` (see module), fetched into the cache if need be."""
+    """A directory holding ``onnxruntime_cxx_api.h``: ``include``, ``$ORT_INCLUDE`` or the system's."""
     for candidate in (include, os.environ.get("ORT_INCLUDE")):
         if candidate:
             if not (Path(candidate) / "onnxruntime_cxx_api.h").is_file():
@@ -110,31 +87,9 @@ def ort_headers(include: str | os.PathLike | None = None) -> Path:
             return Path(candidate)
     if (SYSTEM_HEADERS / "onnxruntime_cxx_api.h").is_file():
         return SYSTEM_HEADERS
-    dest = cache_dir() / "onnxruntime-headers-1.21"
-    if (dest / "onnxruntime_cxx_api.h").is_file():
-        return dest
-    url, sha256 = HEADERS_DEB
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            deb = response.read()
-    except OSError as exc:
-        raise OpsError(f"cannot fetch ONNX Runtime's C API headers from {url} ({exc}): install "
-                       "Debian's libonnxruntime-dev, or pass --ort-include DIR") from None
-    if hashlib.sha256(deb).hexdigest() != sha256:
-        raise OpsError(f"{url} does not match its pinned SHA-256; nothing was unpacked")
-    tmp = Path(tempfile.mkdtemp(prefix=".headers.", dir=_mkdir(cache_dir())))
-    try:
-        _unpack_deb_headers(deb, tmp)
-        if not (tmp / "onnxruntime_cxx_api.h").is_file():
-            raise OpsError(f"{url} holds no onnxruntime_cxx_api.h under usr/include/onnxruntime")
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process unpacked them first
-            if not (dest / "onnxruntime_cxx_api.h").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    raise OpsError("building the ops library needs ONNX Runtime's C API headers: install "
+                   "libonnxruntime-dev (Debian 13, Ubuntu 24.04), or pass --ort-include DIR / set "
+                   "$ORT_INCLUDE to a directory holding onnxruntime_cxx_api.h")
 
 
 def _mkdir(path: Path) -> Path:
