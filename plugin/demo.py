@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import numpy as np
 from qdrant_client import models
 
 from embedrank.plugin.demo_corpus import QUERIES, records
@@ -13,15 +14,38 @@ from embedrank.plugin.vectorizer import register_embedder
 
 COLLECTION = "embedrank-demo"
 DEMO_MODEL = "embedrank-demo-embedder"
+DEGENERATE_COSINE = 0.95  # mean pairwise cosine of the corpus above which rankings mean nothing
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Mean cosine over distinct pairs of L2-normalized rows."""
+    n = len(vectors)
+    if n < 2:
+        return 0.0
+    gram = vectors @ vectors.T
+    return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+
+
+def degenerate_warning(vectors: np.ndarray) -> str | None:
+    """A warning when the embedder maps the corpus to nearly one direction (an untrained LM)."""
+    mean = mean_pairwise_cosine(vectors)
+    if mean <= DEGENERATE_COSINE:
+        return None
+    return (f"warning: the embedder maps the demo corpus to nearly one direction (mean pairwise "
+            f"cosine {mean:.3f} > {DEGENERATE_COSINE}): it is not a retrieval model, so the rankings "
+            "below mean nothing. Train it (`embedrank train embedder`) or export a retrieval model.")
 
 
 def run_demo(embedder: str | os.PathLike, reranker: str | os.PathLike, path: str | None = None,
              limit: int = 3, echo: Callable[[str], None] = print) -> list[tuple[str, list, list]]:
     """Ingest the built-in corpus, answer the built-in queries; returns (query, plain, reranked)."""
-    register_embedder(DEMO_MODEL, embedder)
+    model = register_embedder(DEMO_MODEL, embedder)
     client = open_client(path=path)
     try:
         rows = records()
+        warning = degenerate_warning(model.embed_documents([r["text"] for r in rows]))
+        if warning:
+            echo(warning)
         result = ingest_records(client, COLLECTION, enumerate(rows, 1), DEMO_MODEL,
                                 source="demo corpus")
         echo(f"collection {COLLECTION!r}: {result.added} passages added, {result.skipped} "

@@ -139,3 +139,34 @@ def test_demo_without_hub_names_the_flags(tmp_path, monkeypatch):
 def test_query_needs_a_target(embedder_dir):
     out = run("query", "docs", "x", "--embedder", embedder_dir, ok=False)
     assert out.exit_code == 2 and "--path" in out.output
+
+
+def test_demo_offline_fails_fast_after_one_reachability_check(tmp_path, monkeypatch):
+    import socket
+
+    from embedrank.cli import demo as demo_cli
+
+    calls = []
+
+    def unreachable(address, timeout):
+        calls.append((address, timeout))
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    out = run("demo", ok=False)
+    assert out.exit_code == 1 and calls == [(("huggingface.co", 443), 3.0)]  # one try, no retries
+    line = out.output.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "--embedder DIR --reranker DIR" in line and line.endswith("'Models offline' section")
+
+
+def test_demo_warns_when_the_embeddings_are_degenerate():
+    from embedrank.plugin.demo import degenerate_warning, mean_pairwise_cosine
+
+    assert mean_pairwise_cosine(np.eye(4, dtype=np.float32)) == 0.0
+    same = np.tile(np.array([[0.6, 0.8]], dtype=np.float32), (5, 1))
+    assert mean_pairwise_cosine(same) == pytest.approx(1.0)
+    assert "not a retrieval model" in degenerate_warning(same) and "1.000" in degenerate_warning(same)
+    assert degenerate_warning(np.eye(4, dtype=np.float32)) is None
