@@ -29,7 +29,7 @@ def blocks(text: str) -> list[tuple[str, str]]:
 def substitutions(tiny: Path) -> list[tuple[str, str]]:
     """(README text, what the test runs instead): real models -> tiny ones."""
     return [
-        ("embedrank convert smollm2 models/smollm2", f"cp -r {tiny} models/smollm2"),
+        ("embedrank convert smollm2 models/smollm2", f"mkdir -p models && cp -r {tiny} models/smollm2"),
         ("Qwen/Qwen3-Embedding-0.6B", str(tiny)),
         ("bash scripts/test.sh     # set up .venv, then run the test suite (what CI runs)\n", ""),
         ("bash scripts/demo.sh ", "bash scripts/demo.sh --embedder models/embedder --reranker models/reranker "),
