@@ -4,8 +4,9 @@ Which export of one checkpoint is fastest here (``--optimize none`` / ``fused``,
 gqa`` / ``mha``, a dtype), with PyTorch eager on the same batches as the reference row. Every
 variant embeds the same documents (lengths drawn from MIN:MAX, seeded) in rounds; the table
 keeps each variant's best round, so a burst of load from elsewhere costs every row alike.
+Every row runs the runtime's length-sorted token-budget batches. Figures: docs/bench.md.
 
-    python -m embedrank.export.compare EXPORT_DIR [EXPORT_DIR ...] --torch CKPT --threads 2
+    python benchmarks/compare.py EXPORT_DIR [EXPORT_DIR ...] --torch CKPT --threads 2
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import GraphRunner, budget_plan, machine_line, run_planned
 
 
 def _documents(vocab: int, eot: int, n: int, lengths: tuple[int, int], seed: int) -> list[list[int]]:
@@ -24,19 +26,26 @@ def _documents(vocab: int, eot: int, n: int, lengths: tuple[int, int], seed: int
 
 
 def _onnx_runner(path: Path, threads: int):
-    from embedrank.runtime import Embedder
-
-    model = Embedder.load(path, threads=threads)
-    return lambda seqs: model._run(seqs, model.manifest.dim)
+    graph = GraphRunner(path, "cpu", threads)
+    return lambda seqs: run_planned(graph, seqs, budget_plan(seqs))
 
 
 def _torch_runner(ckpt: str, threads: int):
+    """PyTorch eager fp32 on the CPU, left-padded, in the runtime's batches."""
     import torch
 
-    from embedrank.bench.torch_backend import TorchBackend
+    from embedrank.formats import pad_left
+    from embedrank.train.modeling import Embedder
 
     torch.set_num_threads(threads)
-    return TorchBackend("embedder", ckpt, "cpu")._run  # the runtime's batches, fp32 on CPU
+    module = Embedder.from_pretrained(ckpt).eval()
+
+    @torch.inference_mode()
+    def forward(rows):
+        ids, mask = pad_left(rows, module.pad_id)
+        return module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    return lambda seqs: run_planned(forward, seqs, budget_plan(seqs))
 
 
 def compare(dirs: list[Path], torch_ckpt: str | None, *, docs: int = 256, lengths=(32, 512),
@@ -73,16 +82,18 @@ def compare(dirs: list[Path], torch_ckpt: str | None, *, docs: int = 256, length
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dirs", nargs="+", type=Path)
-    p.add_argument("--torch", dest="torch_ckpt", help="checkpoint for the PyTorch eager row")
-    p.add_argument("--docs", type=int, default=256)
-    p.add_argument("--lengths", default="32:512")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("dirs", nargs="+", type=Path, help="exported embedder directories")
+    p.add_argument("--torch", dest="torch_ckpt", help="checkpoint for the PyTorch eager row (first)")
+    p.add_argument("--docs", type=int, default=256, help="documents [%(default)s]")
+    p.add_argument("--lengths", default="32:512", help="MIN:MAX tokens per document [%(default)s]")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds, best kept [%(default)s]")
+    p.add_argument("--threads", type=int, default=2, help="threads of every row [%(default)s]")
     a = p.parse_args(argv)
     low, high = (int(x) for x in a.lengths.split(":"))
     rows = compare(a.dirs, a.torch_ckpt, docs=a.docs, lengths=(low, high), rounds=a.rounds,
                    threads=a.threads)
+    print(f"{a.docs} documents of {low}-{high} tokens, best of {a.rounds} rounds; "
+          f"{machine_line(a.threads)}\n")
     print("| variant | tokens/s | x first row | min cosine to first row |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['ratio']:.2f} | {r['min_cosine']:.6f} |")

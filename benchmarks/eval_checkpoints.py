@@ -1,7 +1,7 @@
 """Held-out nDCG@10 / MRR@10 of torch checkpoints on a BEIR folder: embedder alone, and
 embedder + reranker (the reranker reorders the embedder's top ``--depth``).
 
-    python scripts/eval_checkpoints.py --beir DIR --embedder CKPT [--pooling mean]
+    python benchmarks/eval_checkpoints.py --beir DIR --embedder CKPT [--pooling mean]
         [--reranker CKPT --depth 10] [--limit N]
 
 Prints one JSON line per run. Used for docs/training.md.

@@ -1,6 +1,8 @@
-"""GPU side by side (issue 6): ONNX TorchScript fp16, ONNX fused fp16, PyTorch eager / compile bf16.
+"""GPU side by side: embedrank's ONNX exports (fp16) against PyTorch eager / torch.compile (bf16).
 
-Random weights of the Qwen3-0.6B architecture (REFERENCE §1) with the real Qwen3 tokenizer.
+Random weights of the Qwen3-0.6B architecture (Qwen3-Embedding-0.6B's sizes: 28 layers, hidden
+1024, FFN 3072, 16 query / 8 key-value heads of 128, vocabulary 151,669) with the real Qwen3
+tokenizer.
 Each variant runs in its own process (clean GPU memory readings, no shared caches) on the same
 token ids and the same batches:
 
@@ -12,9 +14,10 @@ token ids and the same batches:
 
 Throughput counts real tokens. Memory: device memory in use (NVML) after the fixed batches
 minus after loading, per 1k tokens of one 64 x 256 batch. Cosine: against fp32 PyTorch on the
-first 128 variable-length documents.
+first 128 variable-length documents. Figures: docs/performance.md.
 
-    python -m embedrank.export.gpu_bench all --work /tmp/gb --tokenizer TOKDIR --json out.json
+    python benchmarks/gpu_bench.py all --work /tmp/gb --tokenizer TOKDIR --json out.json
+    GPU_BENCH_DRY_RUN=1 python benchmarks/gpu_bench.py all ...   # the same pipeline, tiny, on CPU
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    DEVICE,
+    DRY_RUN,
+    GraphRunner,
+    budget_plan,
+    cpu_model,
+    gpu_used_mib,
+    run_planned,
+    timed,
+)
 
 ARCH = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
             num_key_value_heads=8, head_dim=128, vocab_size=151669, max_position_embeddings=40960,
@@ -37,31 +50,24 @@ PEAK_FLOPS = 790e12  # dense bf16 / fp16 on an H100 SXM / H200 (measured ~790-79
 FIXED = (64, 256)
 VARIABLE = (1024, 32, 512)
 RERANK = (100, 256)
-BUDGET, MAX_BATCH = 16384, 128
-# a CPU dry run of the whole pipeline (tiny sizes, fp32): GPU_BENCH_DRY_RUN=1
-DRY_RUN = os.environ.get("GPU_BENCH_DRY_RUN") == "1"
-DEVICE = "cpu" if DRY_RUN else "cuda"
 if DRY_RUN:
     ARCH = {**ARCH, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
     FIXED, VARIABLE, RERANK = (8, 32), (40, 8, 64), (10, 32)
-# name -> (kind, optimize, attention, rewrites); "onnx-fused-fp16" is the export default on CUDA
-# (rewrites None: the device default, packed QKV + fused SwiGLU where the ops library is built)
+# name -> (kind, optimize, attention, rewrites); rewrites None = the export's device default
+# ("onnx-fused-fp16": the `embedrank export --device cuda` default, packed QKV)
 EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None, ()),
            "onnx-fused-fp16": ("embedder", "fused", "gqa", None),
            "onnx-fused-fp16-reranker": ("reranker", "fused", "gqa", None),
-           "onnx-fused-plain-fp16": ("embedder", "fused", "gqa", ()),  # no rewrites (before qkv)
+           "onnx-fused-plain-fp16": ("embedder", "fused", "gqa", ()),  # --rewrites none
            "onnx-fused-plain-fp16-reranker": ("reranker", "fused", "gqa", ()),
-           "onnx-fused-qkv-fp16": ("embedder", "fused", "gqa", ("qkv",)),  # the default before swiglu
-           "onnx-fused-qkv-fp16-reranker": ("reranker", "fused", "gqa", ("qkv",)),
            "onnx-fused-mha-fp16": ("embedder", "fused", "mha", ()),
-           "onnx-fused-moe-fp16": ("embedder", "fused", "gqa", ("qkv", "moe")),
-           # embedrank's fused SwiGLU kernel asked for (embedrank.ops; $EMBEDRANK_OPS_LIBRARY on the device)
+           # the opt-in fused SwiGLU kernel (embedrank.ops; $EMBEDRANK_OPS_LIBRARY on the device)
            "onnx-fused-swiglu-fp16": ("embedder", "fused", "gqa", ("qkv", "swiglu")),
            "onnx-fused-swiglu-fp16-reranker": ("reranker", "fused", "gqa", ("qkv", "swiglu"))}
-# an export through the runtime's static_shape mode (+ CUDA graph), 64 x 256 only: "<export>-<mode>"
-STATIC_VARIANTS = tuple(f"{base}-{mode}" for base in ("onnx-fused-fp16", "onnx-fused-swiglu-fp16")
-                        for mode in ("static", "cudagraph"))
+# variants without an export of their own
+PROBES = ("onnx-activations", "onnx-probes", "torch-eager-bf16", "torch-compile-bf16",
+          "torch-fp32-reference")
 VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
 
 
@@ -84,34 +90,12 @@ def workloads(eot: int) -> dict[str, list[list[int]]]:
 
 
 def batches(seqs, mode: str) -> list[list[int]]:
-    from embedrank.formats import plan_batches
-
     if mode == "sorted":
-        return plan_batches([len(s) for s in seqs], BUDGET, MAX_BATCH)
+        return budget_plan(seqs)
     return [list(range(i, min(i + 64, len(seqs)))) for i in range(0, len(seqs), 64)]
 
 
-def gpu_used_mib() -> float:
-    if DRY_RUN:
-        return 0.0
-    import pynvml
-
-    pynvml.nvmlInit()
-    return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used / 2**20
-
-
-# ---------------------------------------------------------------- backends
 # a backend maps a list of token-id rows to an array of results; it pads as its model expects
-def onnx_backend(model_dir: Path, **load_options):
-    """The runtime's model (``load_options``: io_binding, static_shape, cuda_graph), padding as it does."""
-    from embedrank.manifest import read_manifest
-    from embedrank.runtime import Embedder, Reranker
-
-    cls = Embedder if read_manifest(model_dir).kind == "embedder" else Reranker
-    model = cls.load(model_dir, device=DEVICE, **load_options)
-    return lambda rows: model._infer(*model._pad(rows))
-
-
 def torch_backend(ckpt: Path, pad_id: int, compile: bool,
                   dtype: str = "float32" if DRY_RUN else "bfloat16"):
     import torch
@@ -131,39 +115,25 @@ def torch_backend(ckpt: Path, pad_id: int, compile: bool,
     return run
 
 
-def embed(fn, seqs, plan) -> np.ndarray:
-    out = None
-    for batch in plan:
-        result = fn([seqs[i] for i in batch])
-        if out is None:
-            out = np.zeros((len(seqs), *result.shape[1:]), dtype=np.float32)
-        out[batch] = result
-    return out
-
-
-def _timed(call, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+def fixed_tokens_per_s(fn, work: dict, res: dict | None = None) -> float:
+    """Throughput on the fixed batch: 3 warm-up calls (their seconds in ``res``), p50 of 20."""
+    fixed = work["fixed"]
+    plan = [list(range(len(fixed)))]
+    start = time.perf_counter()
+    for _ in range(3):
+        run_planned(fn, fixed, plan)
+    if res is not None:
+        res["warmup_s"] = time.perf_counter() - start
+    return FIXED[0] * FIXED[1] / float(np.median(timed(lambda: run_planned(fn, fixed, plan), 20)))
 
 
 def measure(fn, work: dict, modes=("sorted",)) -> dict:
     """Throughput on the fixed and variable workloads, memory, and embeddings for the cosine."""
     res: dict = {}
     base = gpu_used_mib()
-    start = time.perf_counter()
-    fixed = work["fixed"]
-    fixed_plan = [list(range(len(fixed)))]
-    for _ in range(3):
-        embed(fn, fixed, fixed_plan)
-    res["warmup_s"] = time.perf_counter() - start
-    t = _timed(lambda: embed(fn, fixed, fixed_plan), 20)
+    res["fixed_tokens_per_s"] = fixed_tokens_per_s(fn, work, res)
     tokens = FIXED[0] * FIXED[1]
-    res["fixed_tokens_per_s"] = tokens / float(np.median(t))
-    res["fixed_batch_ms_p50"] = float(np.median(t)) * 1e3
+    res["fixed_batch_ms_p50"] = tokens / res["fixed_tokens_per_s"] * 1e3
     res["mem_mib_per_1k_tokens"] = (gpu_used_mib() - base) / (tokens / 1000)
     seqs = work["variable"]
     real = sum(len(s) for s in seqs)
@@ -171,97 +141,83 @@ def measure(fn, work: dict, modes=("sorted",)) -> dict:
         plan = batches(seqs, mode)
         padded = sum(len(b) * max(len(seqs[i]) for i in b) for b in plan)
         start = time.perf_counter()
-        embed(fn, seqs, plan)  # warm-up (and recompiles)
+        run_planned(fn, seqs, plan)  # warm-up (and recompiles)
         res[f"variable_{mode}_warmup_s"] = time.perf_counter() - start
-        t = _timed(lambda: embed(fn, seqs, plan), 2)  # noqa: B023
+        t = timed(lambda: run_planned(fn, seqs, plan), 2)  # noqa: B023
         res[f"variable_{mode}_tokens_per_s"] = real / min(t)
         res[f"variable_{mode}_padding"] = 1 - real / padded
     res["peak_mem_mib"] = gpu_used_mib()
     sub = seqs[:128]
-    res["_emb"] = embed(fn, sub, batches(sub, "sorted")) if modes else None
+    res["_emb"] = run_planned(fn, sub, batches(sub, "sorted")) if modes else None
     return res
 
 
 def rerank_latency(fn, work: dict, budget: int) -> float:
-    from embedrank.formats import plan_batches
-
     seqs = work["rerank"]
-    plan = plan_batches([len(s) for s in seqs], budget, 128)
+    plan = budget_plan(seqs, budget)
     for _ in range(3):
-        embed(fn, seqs, plan)
-    return float(np.median(_timed(lambda: embed(fn, seqs, plan), 20))) * 1e3
+        run_planned(fn, seqs, plan)
+    return float(np.median(timed(lambda: run_planned(fn, seqs, plan), 20))) * 1e3
 
 
 # ---------------------------------------------------------------- one variant per process
 def run_variant(name: str, work_dir: Path) -> dict:
+    import gpu_probes
     import torch  # noqa: F401  (loads the CUDA libraries ONNX Runtime's CUDA provider needs)
 
     if name == "onnx-activations":  # SiLU(gate) * up through ORT's ops: no checkpoint, no export
-        from embedrank.export.gpu_probes import activation_probe
-
-        return {"variant": name, "activations": activation_probe()}
-    ckpt = work_dir / "ckpt"
+        return {"variant": name, "activations": gpu_probes.activation_probe()}
+    if name == "onnx-probes":  # is TensorRT usable?
+        return {"variant": name, "tensorrt": gpu_probes.tensorrt_probe()}
     meta = json.loads((work_dir / "meta.json").read_text())
-    pad = meta["pad"]
     work = workloads(meta["eot"])
+    ckpt, pad = work_dir / "ckpt", meta["pad"]
     res: dict = {"variant": name}
     if name in EXPORTS:
-        model_dir = work_dir / name
-        res.update(measure(onnx_backend(model_dir), work))
-        res["fixed_tokens_per_s_no_io_binding"] = measure_fixed_only(
-            onnx_backend(model_dir, io_binding=False), work)
-        if EXPORTS[name][2] == "gqa":
-            from embedrank.export.gpu_probes import kernel_profile, memory_probe
-
-            res["kernels"] = kernel_profile(onnx_backend(model_dir), work["fixed"])
-            res["memory"] = memory_probe(model_dir, work["fixed"], pad)
-        if (work_dir / f"{name}-reranker").is_dir():
-            rr = onnx_backend(work_dir / f"{name}-reranker")
-            for budget in (BUDGET, 32768):
-                res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
-    elif name in STATIC_VARIANTS:
-        base = work_dir / name.rsplit("-", 1)[0]
-        fn = onnx_backend(base, static_shape=FIXED, cuda_graph=name.endswith("cudagraph"))
-        res["fixed_tokens_per_s"] = measure_fixed_only(fn, work)
-        dynamic = onnx_backend(base)(work["fixed"])
-        res["max_abs_diff_vs_dynamic"] = float(np.abs(fn(work["fixed"]) - dynamic).max())
-        return res
-    elif name == "onnx-probes":  # is TensorRT usable? (CUDA graphs: the static variants above)
-        from embedrank.export.gpu_probes import tensorrt_probe
-
-        res["tensorrt"] = tensorrt_probe()
-        return res
+        res.update(onnx_variant(name, work_dir, work, pad))
     elif name == "torch-eager-bf16":
         res.update(measure(torch_backend(ckpt, pad, False), work, modes=("sorted", "arrival64")))
-        from embedrank.export.gpu_probes import reranker_heads
-
-        res["rerank"] = reranker_heads(ckpt, work, pad)
+        res["rerank"] = gpu_probes.reranker_heads(ckpt, work, pad)
     elif name == "torch-compile-bf16":
         fn = torch_backend(ckpt, pad, True)
         res.update(measure(fn, work, modes=()))  # fixed shapes only
-        from embedrank.export.gpu_probes import kernel_profile
-
-        res["kernels"] = kernel_profile(fn, work["fixed"])
+        res["kernels"] = gpu_probes.kernel_profile(fn, work["fixed"])
     elif name == "torch-fp32-reference":
         sub = work["variable"][:128]
         fn = torch_backend(ckpt, pad, False, "float32")
-        np.save(work_dir / "ref.npy", embed(fn, sub, batches(sub, "sorted")))
+        np.save(work_dir / "ref.npy", run_planned(fn, sub, batches(sub, "sorted")))
         return res
-    emb = res.pop("_emb")
-    if emb is None or not (work_dir / "ref.npy").exists():
-        return res
-    ref = np.load(work_dir / "ref.npy")
-    cos = (emb * ref).sum(-1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref, axis=-1))
-    res.update(cosine_min=float(cos.min()), cosine_mean=float(cos.mean()))
+    else:
+        raise SystemExit(f"unknown variant {name!r}: one of {', '.join([*EXPORTS, *PROBES])}")
+    res.update(cosine_to_reference(res.pop("_emb"), work_dir))
     return res
 
 
-def measure_fixed_only(fn, work: dict) -> float:
-    fixed = work["fixed"]
-    plan = [list(range(len(fixed)))]
-    for _ in range(3):
-        embed(fn, fixed, plan)
-    return FIXED[0] * FIXED[1] / float(np.median(_timed(lambda: embed(fn, fixed, plan), 20)))
+def onnx_variant(name: str, work_dir: Path, work: dict, pad: int) -> dict:
+    """An export's throughput (with and without IO binding), kernels, memory, rerank latency."""
+    import gpu_probes
+
+    model_dir = work_dir / name
+    res = measure(GraphRunner(model_dir), work)
+    res["fixed_tokens_per_s_no_io_binding"] = fixed_tokens_per_s(
+        GraphRunner(model_dir, io_binding=False), work)
+    if EXPORTS[name][2] == "gqa":
+        res["kernels"] = gpu_probes.kernel_profile(GraphRunner(model_dir), work["fixed"])
+        res["memory"] = gpu_probes.memory_probe(model_dir, work["fixed"], pad)
+    if (work_dir / f"{name}-reranker").is_dir():
+        rr = GraphRunner(work_dir / f"{name}-reranker")
+        for budget in (16384, 32768):
+            res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
+    return res
+
+
+def cosine_to_reference(emb: np.ndarray | None, work_dir: Path) -> dict:
+    """Min / mean cosine of ``emb`` to the fp32 PyTorch reference (when both exist)."""
+    if emb is None or not (work_dir / "ref.npy").exists():
+        return {}
+    ref = np.load(work_dir / "ref.npy")
+    cos = (emb * ref).sum(-1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(ref, axis=-1))
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
 
 
 # ---------------------------------------------------------------- driver
@@ -315,7 +271,7 @@ def run_export(name: str, work_dir: Path) -> dict:
 
 
 def _subprocess(args: list[str], work_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", "embedrank.export.gpu_bench", *args, "--work", str(work_dir)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--work", str(work_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -324,12 +280,10 @@ def _subprocess(args: list[str], work_dir: Path) -> dict:
 
 
 def needed_exports(variants: str) -> str:
-    """The exports the variants in ``variants`` read: each ONNX variant's own (with its reranker,
-    where defined), and the export under each static-shape variant."""
-    asked = variants.split(",")
-    names = [v for v in asked if v in EXPORTS]
+    """The exports the variants in ``variants`` read: each ONNX variant's own, with its reranker
+    where defined."""
+    names = [v for v in variants.split(",") if v in EXPORTS]
     names += [f"{v}-reranker" for v in names if f"{v}-reranker" in EXPORTS]
-    names += [v.rsplit("-", 1)[0] for v in asked if v in STATIC_VARIANTS]
     return ",".join(dict.fromkeys(names))
 
 
@@ -345,21 +299,27 @@ def floors() -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["all", "prepare", "variant", "export"])
-    p.add_argument("args", nargs="*")
-    p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--tokenizer", type=Path)
-    p.add_argument("--json", type=Path)
-    p.add_argument("--only", default=",".join(VARIANTS))
-    p.add_argument("--exports", default=None, help="comma list of EXPORTS names [all]")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=f"exports: {', '.join(EXPORTS)}; other variants: {', '.join(PROBES)}")
+    p.add_argument("step", choices=["all", "prepare", "variant", "export"],
+                   help="all: prepare, then run the --only variants, each in its own process; "
+                        "prepare: the random-weight checkpoint and the exports; variant NAME / "
+                        "export NAME: one of them in this process (what `all` calls)")
+    p.add_argument("name", nargs="?", help="with the steps variant and export: which one")
+    p.add_argument("--work", type=Path, required=True, help="working directory (checkpoint, exports)")
+    p.add_argument("--tokenizer", type=Path, help="a directory with the Qwen3 tokenizer files")
+    p.add_argument("--json", type=Path, help="write (and update) the results here")
+    p.add_argument("--only", default=",".join(VARIANTS), help="comma list of variants [%(default)s]")
+    p.add_argument("--exports", default=None,
+                   help="comma list of exports to prepare [those the --only variants read]")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
-    if a.step == "export":
-        print("RESULT " + json.dumps(run_export(*a.args, a.work)), flush=True)
-        return
-    if a.step == "variant":
-        print("RESULT " + json.dumps(run_variant(a.args[0], a.work)), flush=True)
+    if a.step in ("export", "variant"):
+        if not a.name:
+            p.error(f"the step {a.step} needs a NAME")
+        result = run_export(a.name, a.work) if a.step == "export" else run_variant(a.name, a.work)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     out = json.loads(a.json.read_text()) if a.json and a.json.exists() else {}
     if a.step in ("all", "prepare"):
@@ -385,8 +345,8 @@ def _machine() -> dict:
     smi = "dry run (cpu)" if DRY_RUN else subprocess.run(
         ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
         capture_output=True, text=True).stdout.strip()
-    return {"gpu": smi, "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "cpu_count": os.cpu_count()}
+    return {"gpu": smi, "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Device side of export/gpu_bench.py (docs/performance.md): onnxruntime-gpu from the carried
-# wheel pieces (.whlparts/N, see ../shared/tools/split-wheel.sh), embedrank from this tree.
-# Usage: scripts/gpu_bench.sh piece           (stash the carried piece; one call per piece)
-#        scripts/gpu_bench.sh STEP [ARGS...]  (install if needed, then gpu_bench STEP)
+# Device side of benchmarks/gpu_bench.py (docs/performance.md), for a GPU machine without network:
+# onnxruntime-gpu from a wheel carried in pieces of at most 52 MB (`split -b 52M -d -a 1 WHEEL part`,
+# piece N in .whlparts/N/partN; .whlparts/WHEEL holds "FILENAME SHA256"), embedrank from this
+# tree, the Qwen3 tokenizer files from .gpubench/tok.tgz.
+# Usage: bash benchmarks/gpu_bench.sh piece           (stash the carried piece; one call per piece)
+#        bash benchmarks/gpu_bench.sh STEP [ARGS...]  (install if needed, then gpu_bench STEP)
 set -euo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 mkdir -p /tmp/ortparts
@@ -26,4 +28,4 @@ if [ -f .gpubench/ops/libembedrank_ops_cuda.so ]; then
 fi
 mkdir -p /tmp/gb
 [ -d /tmp/gb/tok ] || tar xzf .gpubench/tok.tgz -C /tmp/gb
-python3 -m embedrank.export.gpu_bench "$@" --work /tmp/gb --tokenizer /tmp/gb/tok --json /tmp/gb/result.json
+python3 benchmarks/gpu_bench.py "$@" --work /tmp/gb --tokenizer /tmp/gb/tok --json /tmp/gb/result.json

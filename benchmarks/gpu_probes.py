@@ -1,4 +1,4 @@
-"""Probes run by :mod:`embedrank.export.gpu_bench`: a kernel profile, TensorRT, the activation kernels,
+"""Probes that ``benchmarks/gpu_bench.py`` runs: a kernel profile, TensorRT, the activation kernels,
 memory, and the reranker head variants in PyTorch."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from embedrank.export.gpu_bench import DEVICE, DRY_RUN, _timed
+from common import DEVICE, DRY_RUN, gpu_used_mib, ops_library, timed
 
 
 def tensorrt_probe() -> dict:
@@ -59,11 +58,9 @@ def memory_probe(model_dir: Path, rows: list, pad_id: int) -> dict:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return {"error": "no CUDA provider (dry run)"}
-    from embedrank.runtime import _ops_library
-
     manifest = read_manifest(model_dir)
     ids, mask = pad(rows, pad_id, manifest.padding_side)
-    library = _ops_library(manifest.extra.get("custom_ops"), "cuda", model_dir)
+    library = ops_library(model_dir, "cuda")
     res = {}
     for strategy in ("kNextPowerOfTwo", "kSameAsRequested"):
         res[strategy] = _arena_run(model_dir / "model.onnx", strategy, ids, mask, library)
@@ -74,8 +71,6 @@ def memory_probe(model_dir: Path, rows: list, pad_id: int) -> dict:
 def _arena_run(path: Path, strategy: str, ids: np.ndarray, mask: np.ndarray, library=None) -> dict:
     import onnxruntime as ort
 
-    from embedrank.export.gpu_bench import gpu_used_mib
-
     before = gpu_used_mib()
     options = ort.SessionOptions()
     if library is not None:  # embedrank's custom ops (the swiglu rewrite)
@@ -83,7 +78,7 @@ def _arena_run(path: Path, strategy: str, ids: np.ndarray, mask: np.ndarray, lib
     sess = ort.InferenceSession(str(path), options, providers=[
         ("CUDAExecutionProvider", {"arena_extend_strategy": strategy})])
     loaded = gpu_used_mib()
-    times = _timed(lambda: sess.run(None, {"input_ids": ids, "attention_mask": mask}), 10)
+    times = timed(lambda: sess.run(None, {"input_ids": ids, "attention_mask": mask}), 10)
     used = gpu_used_mib() - loaded
     return {"weights_mib": loaded - before, "run_mib": used,
             "mib_per_1k_tokens": used / (ids.size / 1000),
@@ -116,7 +111,7 @@ def reranker_heads(ckpt: Path, work: dict, pad: int) -> dict:
                 call().float().cpu()
             if not DRY_RUN:
                 torch.cuda.reset_peak_memory_stats()
-            res[f"{name}_p50_ms"] = float(np.median(_timed(lambda: call().float().cpu(), 10))) * 1e3  # noqa: B023
+            res[f"{name}_p50_ms"] = float(np.median(timed(lambda: call().float().cpu(), 10))) * 1e3  # noqa: B023
             if not DRY_RUN:
                 res[f"{name}_peak_alloc_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return res
@@ -161,9 +156,26 @@ def activation_probe(tokens: int = 16384, width: int = 3072, calls: int = 50) ->
             binding.bind_ortvalue_output("y", out)
             for _ in range(5):
                 sess.run_with_iobinding(binding)
-            t = _timed(lambda: sess.run_with_iobinding(binding), calls)  # noqa: B023
+            t = timed(lambda: sess.run_with_iobinding(binding), calls)  # noqa: B023
             res[name] = {"ms": float(np.median(t)) * 1e3,
                          "max_abs_err": float(np.abs(out.numpy().astype(np.float32) - reference).max())}
         except Exception as exc:  # the op is missing from this build: say so
             res[name] = {"error": str(exc)[:300]}
     return res
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description="One GPU probe on its own (no checkpoint, no export); "
+                                            "the others run inside `gpu_bench.py all`.")
+    p.add_argument("probe", choices=["activations", "tensorrt"],
+                   help="activations: SiLU(gate) * up through the ONNX Runtime ops that can express "
+                        "it; tensorrt: whether the TensorRT provider's library loads")
+    a = p.parse_args(argv)
+    print(json.dumps(activation_probe() if a.probe == "activations" else tensorrt_probe(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
