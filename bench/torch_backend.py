@@ -34,7 +34,7 @@ class Arch:
     head_dim: int = 128
 
 
-ARCHS = {  # REFERENCE.md §1
+ARCHS = {  # Qwen3-Embedding / -Reranker 0.6B, 4B, 8B (their configs)
     "qwen3-0.6b": Arch(hidden=1024, layers=28, ffn=3072, heads=16, kv_heads=8),
     "qwen3-4b": Arch(hidden=2560, layers=36, ffn=9728, heads=32, kv_heads=8),
     "qwen3-8b": Arch(hidden=4096, layers=36, ffn=12288, heads=32, kv_heads=8),

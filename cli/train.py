@@ -77,14 +77,14 @@ def _run_train(kind: str, eval_file, **kwargs) -> None:
 @train.command("embedder")
 @_train_options
 def train_embedder(**kwargs) -> None:
-    """Embedder: improved InfoNCE with hard and in-batch negatives (report Eq. 1)."""
+    """Embedder: improved InfoNCE with hard and in-batch negatives (Qwen3 Embedding report, Eq. 1)."""
     _run_train("embedder", **kwargs)
 
 
 @train.command("reranker")
 @_train_options
 def train_reranker(**kwargs) -> None:
-    """Reranker: yes/no cross-entropy over positives and hard negatives (report Eq. 2)."""
+    """Reranker: yes/no cross-entropy over positives and hard negatives (Qwen3 Embedding report, Eq. 2)."""
     _run_train("reranker", **kwargs)
 
 
@@ -132,7 +132,7 @@ def merge(checkpoints, out, t) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda [cuda when available].")
 def synth(**kwargs) -> None:
-    """Synthesize training pairs with a local LLM (report §3.3): JSONL that `train` reads."""
+    """Synthesize training pairs with a local LLM (Qwen3 Embedding report §3.3): JSONL for `train`."""
     from embedrank.train.synth import SynthConfig, run_synth
 
     stats = run_synth(SynthConfig(**kwargs))

@@ -1,4 +1,4 @@
-"""Turn small public corpora into the BEIR folder layout that :func:`metrics.load_beir` reads.
+"""Turn small public corpora into the BEIR folder layout that :func:`embedrank.beir.load_beir` reads.
 
 ``chatterbot_to_beir`` converts the ChatterBot corpus (pip ``chatterbot-corpus==1.3.3``,
 BSD-3-Clause): each YAML conversation ``[line_1, line_2, ...]`` gives

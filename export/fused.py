@@ -1,6 +1,6 @@
 """The fused export: ``torch.onnx`` (dynamo) + ONNX Runtime contrib-op fusions.
 
-ONNX Runtime's transformer optimizer has no qwen3 model type (REFERENCE §6), so the fusions
+ONNX Runtime's transformer optimizer has no qwen3 model type (its presets fail on Qwen3), so the fusions
 come from onnxscript's rewriter (``ort_fusions.optimize_for_ort``) on the dynamo-exported
 graph: RMSNorm -> ``SimplifiedLayerNormalization``, residual add + RMSNorm ->
 ``SkipSimplifiedLayerNormalization``, SDPA -> ``MultiHeadAttention`` (com.microsoft), and,
@@ -15,7 +15,7 @@ Attention, two forms (``attention=``):
   (:mod:`embedrank.export.gqa`): rotary inside the op, K/V at their own head count, no
   layout transposes, causal flash attention. The graph is **right-padded** (manifest
   ``padding_side``). Its CUDA kernels are fp16 / bf16 only. The rotary embedding runs inside
-  the op (``do_rotary``): moving it into separate ``RotaryEmbedding`` ops measured 13% slower
+  the op (``do_rotary``): moving it into separate ``RotaryEmbedding`` ops measured 12.5% slower
   on the H100 (docs/performance.md).
 * ``"mha"``: K/V expanded to the query heads and ``MultiHeadAttention`` with the padding +
   causal mask as an additive bias, on left-padded batches (any dtype). onnxscript's own GQA

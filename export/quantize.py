@@ -6,8 +6,9 @@ Runtime's per-tensor ``quantize_dynamic``, whose quality collapses on decoder LM
 
 * ``blockwise`` (``int8-block32``, ``w8-block32``): ``MatMulNBits`` with 8-bit weights in
   blocks of ``block_size`` along the input dimension and ``accuracy_level=4``: activations
-  are quantized to int8 per block of the same size too, then multiplied with int8 dot products (VNNI / AVX2). An outlier
-  channel only coarsens its own block, so quality holds with int8 arithmetic throughout.
+  are quantized to int8 per block of the same size too, then multiplied with int8 dot products
+  (VNNI / AVX2). An outlier channel only coarsens its own block, so quality holds with int8
+  arithmetic throughout. (``w8-block32``: ``accuracy_level=0``, fp32 activations and compute.)
 * ``pertoken``: per-channel int8 weights and uint8 activations with one scale per token,
   computed at run time (:func:`quantize_per_token`; standard ops + ``MatMulIntegerToFloat``):
   a token with massive activations coarsens only itself.
@@ -50,7 +51,7 @@ class QuantRecipe:
 
 # The recipes a user should pick (docs/int8.md has the figures of every variant measured):
 # int8-block32 (the default: the best top-10 agreement with int8 compute, no calibration),
-# w8-block32 (weight-only: closest to fp32, little faster), smooth-pertoken (the fastest that keeps
+# w8-block32 (weight-only: closest to fp32, no faster), smooth-pertoken (the fastest that keeps
 # mean cosine >= 0.99; needs calibration texts).
 RECIPES = {r.name: r for r in (
     QuantRecipe("int8-block32", "blockwise", block_size=32,

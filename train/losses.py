@@ -1,5 +1,5 @@
-"""Training losses: the improved InfoNCE of the Qwen3 Embedding report (Eq. 1), its
-GradCache-style memory-saving variant, and the yes/no reranker loss (Eq. 2).
+"""Training losses: the improved InfoNCE of the Qwen3 Embedding technical report, arXiv 2506.05176
+(Eq. 1), its GradCache-style memory-saving variant, and the yes/no reranker loss (Eq. 2).
 
 The embedding math lives in one pure function, :func:`improved_infonce`; the module wrappers
 and the cached variant only call it.
@@ -258,7 +258,7 @@ class CachedInfoNCE(nn.Module):
 def reranker_loss(
     logits: Tensor | tuple[Tensor, Tensor], labels: Tensor | Sequence[float]
 ) -> Tensor:
-    """Reranker loss (Eq. 2): 2-way cross-entropy over ``[no, yes]`` at the last position.
+    """Reranker loss (the report's Eq. 2): 2-way cross-entropy over ``[no, yes]`` at the last position.
 
     ``logits`` is the one logit ``l = logit_yes - logit_no`` ``[N]``, or the pair
     ``(logit_no, logit_yes)``. ``labels`` are 1 ("yes", relevant) or 0 ("no"); values in

@@ -1,4 +1,5 @@
-"""Model merging by spherical linear interpolation (report §3, stage 3), as mergekit does it.
+"""Model merging by spherical linear interpolation, as mergekit does it (stage 3 of §3 of
+the Qwen3 Embedding technical report, arXiv 2506.05176).
 
 :func:`slerp` merges one tensor, :func:`merge_state_dicts` whole state dicts in memory and
 :func:`merge_checkpoints` HF-format checkpoint directories, tensor by tensor.

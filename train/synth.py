@@ -1,4 +1,5 @@
-"""Synthetic training pairs from a local instruction-tuned LLM (Qwen3 Embedding report §3.3).
+"""Synthetic training pairs from a local instruction-tuned LLM (the Qwen3 Embedding technical
+report, arXiv 2506.05176, §3.3).
 
 :func:`synthesize` is the pure pipeline over two injected callables: ``generate`` (prompts ->
 completions) and an optional ``encoder`` (``embed_queries`` / ``embed_documents`` -> unit

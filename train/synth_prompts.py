@@ -1,4 +1,5 @@
-"""Every prompt of synthetic data generation, in one place (Qwen3 Embedding report §3.3, App. A.1).
+"""Every prompt of synthetic data generation, in one place (the Qwen3 Embedding technical
+report, arXiv 2506.05176: §3.3, appendix A.1).
 
 Our own wording of the report's recipe. Retrieval uses two calls per passage: a configuration
 step (Character from the top-5 personas retrieved for the passage, Question_Type, Difficulty;
