@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -67,11 +68,28 @@ def _load(auto_cls: str, src: str, dtype, device, trust_remote_code: bool):
     return model.to(device) if device is not None else model
 
 
-class _QwenModule(nn.Module):
-    """Shared tokenization for both modules; subclasses define ``forward``."""
+M = TypeVar("M", bound="_QwenModule")
 
+
+class _QwenModule(nn.Module):
+    """Shared loading and tokenization for both modules; subclasses define ``forward``."""
+
+    auto_class = "AutoModel"  # the transformers class that loads the checkpoint
     prompts: PromptFormat
     max_length: int
+
+    def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = QWEN3,
+                 max_length: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.prompts = prompts
+        self._setup_tokenizer(tokenizer, max_length, model.config)
+
+    @classmethod
+    def from_pretrained(cls: type[M], src: str | Path, *, dtype=torch.float32, device=None,
+                        max_length: int | None = None, trust_remote_code: bool = False) -> M:
+        model = _load(cls.auto_class, src, dtype, device, trust_remote_code)
+        return cls(model.eval(), _load_tokenizer(str(src), trust_remote_code), max_length=max_length)
 
     def _setup_tokenizer(self, tokenizer, max_length: int | None, config) -> None:
         self.hf_tokenizer = tokenizer
@@ -98,19 +116,6 @@ class _QwenModule(nn.Module):
 
 class Embedder(_QwenModule):
     """Decoder LM + last-token pooling + L2 norm (Qwen3-Embedding)."""
-
-    def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = QWEN3,
-                 max_length: int | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.prompts = prompts
-        self._setup_tokenizer(tokenizer, max_length, model.config)
-
-    @classmethod
-    def from_pretrained(cls, src: str | Path, *, dtype=torch.float32, device=None,
-                        max_length: int | None = None, trust_remote_code: bool = False) -> Embedder:
-        model = _load("AutoModel", src, dtype, device, trust_remote_code)
-        return cls(model.eval(), _load_tokenizer(str(src), trust_remote_code), max_length=max_length)
 
     @property
     def dim(self) -> int:
@@ -151,20 +156,13 @@ def _matryoshka(emb: torch.Tensor, dim: int | None) -> torch.Tensor:
 class Reranker(_QwenModule):
     """Causal LM judging relevance: score = P("yes") = sigmoid(logit_yes - logit_no)."""
 
+    auto_class = "AutoModelForCausalLM"
+
     def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = QWEN3,
                  max_length: int | None = None) -> None:
-        super().__init__()
-        self.model = model  # a *ForCausalLM
-        self.prompts = prompts
-        self._setup_tokenizer(tokenizer, max_length, model.config)
+        super().__init__(model, tokenizer, prompts=prompts, max_length=max_length)  # a *ForCausalLM
         self.yes_id = token_id(self.tokenizer, prompts.yes_token)
         self.no_id = token_id(self.tokenizer, prompts.no_token)
-
-    @classmethod
-    def from_pretrained(cls, src: str | Path, *, dtype=torch.float32, device=None,
-                        max_length: int | None = None, trust_remote_code: bool = False) -> Reranker:
-        model = _load("AutoModelForCausalLM", src, dtype, device, trust_remote_code)
-        return cls(model.eval(), _load_tokenizer(str(src), trust_remote_code), max_length=max_length)
 
     @property
     def decoder(self) -> nn.Module:
