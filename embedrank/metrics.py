@@ -84,6 +84,12 @@ def _evaluated_queries(run: Run, qrels: Qrels, complete: bool) -> list[str]:
     return [q for q in qrels if q in run]
 
 
+def _wanted(ndcg_at: Iterable[int], recall_at: Iterable[int], mrr_at: Iterable[int]) -> list[tuple[str, int]]:
+    """(measure, k) pairs in report order: nDCG, recall, MRR."""
+    return [(name, k) for name, ks in (("ndcg", ndcg_at), ("recall", recall_at), ("mrr", mrr_at))
+            for k in ks]
+
+
 def per_query(
     run: Run,
     qrels: Qrels,
@@ -93,9 +99,7 @@ def per_query(
     complete: bool = False,
 ) -> dict[str, dict[str, float]]:
     """``{qid: {"ndcg@10": .., ...}}`` for every evaluated query (see the module docstring)."""
-    wanted = [("ndcg", k) for k in ndcg_at]
-    wanted += [("recall", k) for k in recall_at]
-    wanted += [("mrr", k) for k in mrr_at]
+    wanted = _wanted(ndcg_at, recall_at, mrr_at)
     for _, k in wanted:
         _check_k(k)
     out: dict[str, dict[str, float]] = {}
@@ -118,9 +122,8 @@ def evaluate(
 
     Returns 0.0 for every metric when no query is evaluated (trec_eval prints nothing then).
     """
-    names = [f"ndcg@{k}" for k in ndcg_at]
-    names += [f"recall@{k}" for k in recall_at]
-    names += [f"mrr@{k}" for k in mrr_at]
+    ndcg_at, recall_at, mrr_at = tuple(ndcg_at), tuple(recall_at), tuple(mrr_at)
+    names = [f"{name}@{k}" for name, k in _wanted(ndcg_at, recall_at, mrr_at)]
     scores = per_query(run, qrels, ndcg_at, recall_at, mrr_at, complete)
     n = len(scores)
     return {m: (sum(s[m] for s in scores.values()) / n if n else 0.0) for m in names}
