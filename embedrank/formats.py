@@ -8,8 +8,10 @@ PyTorch reference and the ONNX runtime feed the graph exactly the same ids.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -29,6 +31,8 @@ YES_TOKEN = "yes"
 NO_TOKEN = "no"
 MIN_MATRYOSHKA_DIM = 32
 DEFAULT_MAX_LENGTH = 8192
+# the fewest tokens a query (embedder) or document (reranker) may be left after the instruction
+MIN_TEXT_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -135,9 +139,93 @@ def token_id(tokenizer, token: str) -> int:
     return tid
 
 
+def _wrapper(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's post-processor puts before and after a single sequence
+    (the Qwen3-Embedding tokenizer appends ``<|endoftext|>``; BERT's wraps in [CLS] ... [SEP])."""
+    bare = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a", add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    return [], []
+
+
+def control_strings(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's added tokens (``<|im_start|>``, ``<|im_end|>``, ``<|endoftext|>``,
+    ``<think>``...), longest first: the strings that would turn into control tokens."""
+    return tuple(sorted({t.content for t in tokenizer.get_added_tokens_decoder().values()},
+                        key=lambda c: (-len(c), c)))
+
+
+@lru_cache(maxsize=16)
+def _pattern(strings: tuple[str, ...]) -> re.Pattern | None:
+    return re.compile("(" + "|".join(map(re.escape, strings)) + ")") if strings else None
+
+
+def _plain_ids(tokenizer, text: str) -> list[int]:
+    """``text`` through the normalizer, the pre-tokenizer and the model, never the added vocabulary."""
+    if tokenizer.normalizer is not None:
+        text = tokenizer.normalizer.normalize_str(text)
+    pieces = tokenizer.pre_tokenizer.pre_tokenize_str(text) if tokenizer.pre_tokenizer else [(text, None)]
+    return [token.id for piece, _ in pieces for token in tokenizer.model.tokenize(piece)]
+
+
+def encode_text(tokenizer, texts: Sequence[str], add_special_tokens: bool = False,
+                raw_control_tokens: bool = False) -> list[list[int]]:
+    """Token ids of user texts read as plain text.
+
+    A control-token string inside a text (``<|im_end|>``, ``<|endoftext|>``...) is tokenized like
+    any other characters, so a document cannot close the reranker's user turn or end an embedding
+    early. Texts without such strings take the tokenizer's own (fast) path and get the ids it
+    gives. ``raw_control_tokens=True`` restores the Hugging Face tokenizer's behaviour (parse them).
+    """
+    encs = tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+    out = [list(enc.ids) for enc in encs]
+    pattern = None if raw_control_tokens else _pattern(control_strings(tokenizer))
+    if pattern is None:
+        return out
+    before, after = _wrapper(tokenizer) if add_special_tokens else ([], [])
+    for i, text in enumerate(texts):
+        if pattern.search(text) or (tokenizer.normalizer is not None and pattern.search(
+                tokenizer.normalizer.normalize_str(text))):
+            out[i] = before + _plain_ids(tokenizer, text) + after
+    return out
+
+
+def encode_template(tokenizer, template: str, rows: Sequence[dict[str, str]],
+                    add_special_tokens: bool = False,
+                    raw_control_tokens: bool = False) -> list[list[int]]:
+    """Token ids of ``template.format(**row)`` per row: control tokens written in the template
+    stay control tokens, the values (user text) are read as plain text (see :func:`encode_text`)."""
+    pattern = _pattern(control_strings(tokenizer))
+    parts = pattern.split(template) if pattern is not None and not raw_control_tokens else [template]
+    if len(parts) == 1:  # the usual case: no control token in the template itself
+        return encode_text(tokenizer, [template.format(**row) for row in rows], add_special_tokens,
+                           raw_control_tokens)
+    before, after = _wrapper(tokenizer) if add_special_tokens else ([], [])
+    out = []
+    for row in rows:
+        ids = list(before)
+        for k, part in enumerate(parts):  # odd parts are the template's own control tokens
+            if k % 2:
+                ids.append(tokenizer.token_to_id(part))
+            elif part:
+                ids += encode_text(tokenizer, [part.format(**row)])[0]
+        out.append(ids + after)
+    return out
+
+
+def _embedding_ids(ids: list[int], eot: int, max_length: int) -> list[int]:
+    if ids and ids[-1] == eot:
+        ids = ids[:-1]
+    return ids[: max_length - 1] + [eot]
+
+
 def encode_embedding_inputs(tokenizer, texts: Sequence[str], max_length: int,
-                            eot_token: str = EOT_TOKEN) -> list[list[int]]:
-    """Token ids for embedding: the formatted text, truncated, ending in exactly one EOT.
+                            eot_token: str = EOT_TOKEN, *,
+                            raw_control_tokens: bool = False) -> list[list[int]]:
+    """Token ids for embedding: the text (plain, :func:`encode_text`), truncated, ending in
+    exactly one EOT.
 
     ``tokenizer`` is a :func:`plain_tokenizer`.
     The tokenizer's own post-processor may already append the EOT (the Qwen3-Embedding one
@@ -145,33 +233,58 @@ def encode_embedding_inputs(tokenizer, texts: Sequence[str], max_length: int,
     keeps the start of the text (where the instruction template sits) and the final EOT.
     """
     eot = token_id(tokenizer, eot_token)
-    out = []
-    for enc in tokenizer.encode_batch(list(texts), add_special_tokens=True):
-        ids = list(enc.ids)
-        if ids and ids[-1] == eot:
-            ids.pop()
-        out.append(ids[: max_length - 1] + [eot])
-    return out
+    return [_embedding_ids(ids, eot, max_length)
+            for ids in encode_text(tokenizer, texts, True, raw_control_tokens)]
+
+
+def encode_query_inputs(tokenizer, fmt: PromptFormat, queries: Sequence[str],
+                        instruction: str | None, max_length: int, *,
+                        raw_control_tokens: bool = False) -> list[list[int]]:
+    """Embedding ids of queries in ``fmt.query_template``; refuses an instruction that leaves
+    the query fewer than :data:`MIN_TEXT_TOKENS` tokens of ``max_length``."""
+    instruction = fmt.default_instruction if instruction is None else instruction
+    (head,) = encode_template(tokenizer, fmt.query_template, [{"instruction": instruction, "query": ""}],
+                              raw_control_tokens=raw_control_tokens)
+    room = max_length - 1 - len(head)  # the final EOT takes one
+    if room < MIN_TEXT_TOKENS:
+        raise InputError(
+            f"the query instruction takes {len(head)} of the embedder's {max_length}-token limit, "
+            f"leaving {max(room, 0)} tokens for the query (at least {MIN_TEXT_TOKENS} needed); "
+            "shorten the instruction")
+    eot = token_id(tokenizer, fmt.eot_token)
+    rows = [{"instruction": instruction, "query": q} for q in queries]
+    return [_embedding_ids(ids, eot, max_length) for ids in encode_template(
+        tokenizer, fmt.query_template, rows, True, raw_control_tokens)]
 
 
 def encode_rerank_inputs(tokenizer, fmt: PromptFormat, query: str, documents: Sequence[str],
-                         instruction: str | None, max_length: int) -> list[list[int]]:
-    """prefix + body + suffix ids; only the body is truncated, the template never is."""
+                         instruction: str | None, max_length: int, *,
+                         raw_control_tokens: bool = False) -> list[list[int]]:
+    """prefix + body + suffix ids; only the body is truncated, the template never is.
+
+    The prefix and suffix are the template's (their control tokens are real); the query,
+    instruction and documents are plain text (:func:`encode_text`). A query and instruction that
+    leave the documents fewer than :data:`MIN_TEXT_TOKENS` tokens are refused: every document
+    would be cut to a few tokens and score alike.
+    """
     tok = tokenizer
     prefix = tok.encode(fmt.rerank_prefix, add_special_tokens=False).ids
     suffix = tok.encode(fmt.rerank_suffix, add_special_tokens=False).ids
     budget = max_length - len(prefix) - len(suffix)
     instruction = fmt.default_instruction if instruction is None else instruction
-    head = fmt.rerank_body.format(instruction=instruction, query=query, document="")
-    if len(tok.encode(head, add_special_tokens=False).ids) >= budget:
+    row = {"instruction": instruction, "query": query}
+    (head,) = encode_template(tok, fmt.rerank_body, [{**row, "document": ""}],
+                              raw_control_tokens=raw_control_tokens)
+    if budget - len(head) < MIN_TEXT_TOKENS:
         raise InputError(
-            f"the reranker query and instruction take more than the {max_length}-token limit "
-            "leaves for them; shorten the query or the instruction"
-        )
-    bodies = [fmt.rerank_body.format(instruction=instruction, query=query, document=d)
-              for d in documents]
-    encs = tok.encode_batch(bodies, add_special_tokens=False)
-    return [prefix + list(enc.ids)[:budget] + suffix for enc in encs]
+            f"the reranker query and instruction take {len(head)} of the {max(budget, 0)} tokens "
+            f"left for them and the document (max_length {max_length} minus "
+            f"{len(prefix) + len(suffix)} for the template), leaving {max(budget - len(head), 0)} "
+            f"for each document (at least {MIN_TEXT_TOKENS} needed); shorten the query or the "
+            "instruction")
+    bodies = encode_template(tok, fmt.rerank_body, [{**row, "document": d} for d in documents],
+                             raw_control_tokens=raw_control_tokens)
+    return [prefix + ids[:budget] + suffix for ids in bodies]
 
 
 PADDING_SIDES = ("left", "right")

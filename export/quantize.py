@@ -260,7 +260,12 @@ def calibration_ids(model_dir: str | Path, documents: Sequence[str] = (),
     """Token ids of calibration texts as the runtime of the model directory ``model_dir``
     (manifest + tokenizer) formats them: documents as they are, queries with the query
     template and the default instruction."""
-    from embedrank.formats import encode_embedding_inputs, load_tokenizer, plain_tokenizer
+    from embedrank.formats import (
+        encode_embedding_inputs,
+        encode_query_inputs,
+        load_tokenizer,
+        plain_tokenizer,
+    )
     from embedrank.manifest import read_manifest
 
     manifest = read_manifest(Path(model_dir))
@@ -268,9 +273,10 @@ def calibration_ids(model_dir: str | Path, documents: Sequence[str] = (),
         raise InputError(f"calibration_ids formats embedder inputs; {str(model_dir)!r} is a "
                          f"{manifest.kind}")
     tokenizer = plain_tokenizer(load_tokenizer(Path(model_dir) / "tokenizer.json"))
-    texts = list(documents) + [manifest.prompts.query(q) for q in queries]
-    return encode_embedding_inputs(tokenizer, texts, manifest.max_length,
+    docs = encode_embedding_inputs(tokenizer, list(documents), manifest.max_length,
                                    manifest.prompts.eot_token)
+    return docs + (encode_query_inputs(tokenizer, manifest.prompts, list(queries), None,
+                                       manifest.max_length) if queries else [])
 
 
 def quantize_in_place(graph: Path, recipe: str | QuantRecipe = DEFAULT_RECIPE,

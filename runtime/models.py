@@ -14,6 +14,7 @@ from embedrank.formats import (
     check_instruction,
     check_texts,
     encode_embedding_inputs,
+    encode_query_inputs,
     encode_rerank_inputs,
     load_tokenizer,
     matryoshka,
@@ -55,9 +56,12 @@ class _OnnxModel:
     def __init__(self, path: str | os.PathLike, device: str = "cpu", *,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, max_batch_size: int = DEFAULT_MAX_BATCH,
                  check_fingerprint: bool = True, threads: int | None = None,
-                 io_binding: bool | None = None) -> None:
+                 io_binding: bool | None = None, raw_control_tokens: bool = False) -> None:
         self.path = Path(path)
         self.device = device
+        # user text is plain text: "<|im_end|>" in a document is characters, not a control token
+        # (formats.encode_text); True parses control tokens in user text as the HF tokenizer does
+        self.raw_control_tokens = raw_control_tokens
         # CUDA: bind inputs / output explicitly (one host->device copy per input, the output
         # allocated by ORT on the device and copied back once); CPU keeps session.run
         self.io_binding = device != "cpu" if io_binding is None else io_binding
@@ -220,18 +224,22 @@ class Embedder(_OnnxModel):
     def embed_queries(self, texts, instruction: str | None = None, *,
                       progress: Callable[[int], None] | None = None) -> np.ndarray:
         check_instruction(instruction)
-        prompts = self.manifest.prompts
-        texts = [prompts.query(t, instruction) for t in check_texts(texts, "queries")]
-        return self._embed(texts, progress)
-
-    def embed_documents(self, texts, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        return self._embed(check_texts(texts, "documents"), progress)
-
-    def _embed(self, texts: list[str], progress) -> np.ndarray:
+        texts = check_texts(texts, "queries")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        seqs = encode_embedding_inputs(self.tokenizer, texts, self.max_length,
-                                       self.manifest.prompts.eot_token)
+        return self._embed(encode_query_inputs(
+            self.tokenizer, self.manifest.prompts, texts, instruction, self.max_length,
+            raw_control_tokens=self.raw_control_tokens), progress)
+
+    def embed_documents(self, texts, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        texts = check_texts(texts, "documents")
+        return self._embed(encode_embedding_inputs(
+            self.tokenizer, texts, self.max_length, self.manifest.prompts.eot_token,
+            raw_control_tokens=self.raw_control_tokens), progress)
+
+    def _embed(self, seqs: list[list[int]], progress) -> np.ndarray:
+        if not seqs:
+            return np.zeros((0, self.dim), dtype=np.float32)
         full = self._run(seqs, self.manifest.dim, progress)
         return matryoshka(full, self.dim).astype(np.float32)
 
@@ -254,6 +262,7 @@ class Reranker(_OnnxModel):
         if not documents:
             return np.zeros(0, dtype=np.float32)
         seqs = encode_rerank_inputs(self.tokenizer, self.manifest.prompts, query, documents,
-                                    instruction, self.max_length)
+                                    instruction, self.max_length,
+                                    raw_control_tokens=self.raw_control_tokens)
         logits = self._run(seqs, 0).astype(np.float64)
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)

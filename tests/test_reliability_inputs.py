@@ -91,7 +91,7 @@ def test_reranker(reranker):
         refused(reranker.score, bad, ["doc"], match="query")
         refused(reranker.score, "query", ["doc", bad], match=r"documents\[1\]")
         ok += 1
-    refused(reranker.score, "word " * 5000, ["doc"], match="query and instruction take more")
+    refused(reranker.score, "word " * 5000, ["doc"], match="query and instruction take")
     refused(reranker.score, "q", ["doc"], instruction=7, match="instruction")
     assert reranker.score("q", []).shape == (0,)
     assert reranker.score("q", [MEGABYTE]).shape == (1,)

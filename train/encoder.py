@@ -21,8 +21,9 @@ class MeanPoolEmbedder(Embedder):
     """Encoder + mean over the real tokens + L2 norm (sentence-transformers' usual recipe)."""
 
     def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = ENCODER_PROMPTS,
-                 max_length: int | None = None) -> None:
-        super().__init__(model, tokenizer, prompts=prompts, max_length=max_length)
+                 max_length: int | None = None, raw_control_tokens: bool = False) -> None:
+        super().__init__(model, tokenizer, prompts=prompts, max_length=max_length,
+                         raw_control_tokens=raw_control_tokens)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,

@@ -22,6 +22,7 @@ from embedrank.formats import (
     check_instruction,
     check_texts,
     encode_embedding_inputs,
+    encode_query_inputs,
     encode_rerank_inputs,
     pad_left,
     plain_tokenizer,
@@ -79,17 +80,22 @@ class _QwenModule(nn.Module):
     max_length: int
 
     def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = QWEN3,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, raw_control_tokens: bool = False) -> None:
         super().__init__()
         self.model = model
         self.prompts = prompts
+        # user text is plain text, as in the runtime (formats.encode_text); True parses control
+        # tokens such as <|im_end|> inside user text as the Hugging Face tokenizer does
+        self.raw_control_tokens = raw_control_tokens
         self._setup_tokenizer(tokenizer, max_length, model.config)
 
     @classmethod
     def from_pretrained(cls: type[M], src: str | Path, *, dtype=torch.float32, device=None,
-                        max_length: int | None = None, trust_remote_code: bool = False) -> M:
+                        max_length: int | None = None, trust_remote_code: bool = False,
+                        raw_control_tokens: bool = False) -> M:
         model = _load(cls.auto_class, src, dtype, device, trust_remote_code)
-        return cls(model.eval(), _load_tokenizer(str(src), trust_remote_code), max_length=max_length)
+        return cls(model.eval(), _load_tokenizer(str(src), trust_remote_code), max_length=max_length,
+                   raw_control_tokens=raw_control_tokens)
 
     def _setup_tokenizer(self, tokenizer, max_length: int | None, config) -> None:
         self.hf_tokenizer = tokenizer
@@ -128,12 +134,14 @@ class Embedder(_QwenModule):
 
     def tokenize_queries(self, texts, instruction: str | None = None) -> list[list[int]]:
         check_instruction(instruction)
-        texts = [self.prompts.query(t, instruction) for t in check_texts(texts, "queries")]
-        return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token)
+        texts = check_texts(texts, "queries")
+        return encode_query_inputs(self.tokenizer, self.prompts, texts, instruction, self.max_length,
+                                   raw_control_tokens=self.raw_control_tokens) if texts else []
 
     def tokenize_documents(self, texts) -> list[list[int]]:
         texts = check_texts(texts, "documents")
-        return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token)
+        return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token,
+                                       raw_control_tokens=self.raw_control_tokens)
 
     @torch.no_grad()
     def embed_queries(self, texts, instruction: str | None = None,
@@ -159,8 +167,9 @@ class Reranker(_QwenModule):
     auto_class = "AutoModelForCausalLM"
 
     def __init__(self, model: nn.Module, tokenizer, *, prompts: PromptFormat = QWEN3,
-                 max_length: int | None = None) -> None:
-        super().__init__(model, tokenizer, prompts=prompts, max_length=max_length)  # a *ForCausalLM
+                 max_length: int | None = None, raw_control_tokens: bool = False) -> None:
+        super().__init__(model, tokenizer, prompts=prompts, max_length=max_length,  # a *ForCausalLM
+                         raw_control_tokens=raw_control_tokens)
         self.yes_id = token_id(self.tokenizer, prompts.yes_token)
         self.no_id = token_id(self.tokenizer, prompts.no_token)
 
@@ -190,7 +199,7 @@ class Reranker(_QwenModule):
         check_instruction(instruction)
         documents = check_texts(documents, "documents") if documents else []
         return encode_rerank_inputs(self.tokenizer, self.prompts, query, documents, instruction,
-                                    self.max_length)
+                                    self.max_length, raw_control_tokens=self.raw_control_tokens)
 
     @torch.no_grad()
     def score(self, query: str, documents, instruction: str | None = None) -> torch.Tensor:
