@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from embedrank.errors import InputError, ModelDirError
+from embedrank.outputs import check_no_overlap
 
 DOT_THRESHOLD = 0.9995
 INDEX_FILE = "model.safetensors.index.json"
@@ -229,6 +230,7 @@ def merge_checkpoints(
     """
     _check_t(len(paths), t)
     out = Path(out)
+    check_no_overlap(out, *paths)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty: choose a new output directory")
     with ExitStack() as stack:

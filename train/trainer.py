@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from embedrank.errors import InputError
+from embedrank.outputs import check_no_overlap
 from embedrank.train.data import Batcher, EvalSet, Group, load_examples, text_id
 from embedrank.train.evaluate import autocast, embedder_run, ranking_metrics, reranker_run
 from embedrank.train.losses import cached_infonce_backward, improved_infonce, reranker_loss
@@ -238,6 +239,7 @@ def train(kind: str, cfg: TrainConfig) -> TrainResult:
     if cfg.grad_accum < 1:
         raise InputError(f"grad_accum must be >= 1, got {cfg.grad_accum}")
     out = Path(cfg.out)
+    check_no_overlap(out, cfg.model)  # never write the fine-tuned model over its source
     latest = _prepare_out(out, cfg.resume)
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
