@@ -6,12 +6,12 @@ eval`` over the ONNX runtime in Qdrant), so both score the very same inputs.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from embedrank.errors import InputError
+from embedrank.jsonline import parse_json_line
 from embedrank.metrics import Run, rank
 
 
@@ -89,9 +89,9 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
 def _read_jsonl(path: Path, fields: tuple[str, ...]) -> Iterable[tuple[int, dict]]:
     for lineno, line in _lines(path):
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            obj = parse_json_line(line)
+        except InputError as exc:
+            raise InputError(f"{path}:{lineno}: {exc}") from None
         if not isinstance(obj, dict):
             raise InputError(f"{path}:{lineno}: expected a JSON object")
         for f in fields:

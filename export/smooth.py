@@ -21,7 +21,6 @@ output projection (o_proj, fed by the attention product) is not smoothed.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from embedrank.errors import InputError
+from embedrank.jsonline import parse_json_line
 
 # contrib ops of the fused export (export/fused.py): its RMSNorms are not Mul nodes and its
 # attention is right-padded, while calibration pads on the left like the TorchScript graph
@@ -232,9 +232,9 @@ def read_calibration_texts(path: str | Path) -> tuple[list[str], list[str]]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            item = parse_json_line(line)
+        except InputError as exc:
+            raise InputError(f"{path}:{number}: {exc}") from None
         keys = [k for k in ("text", "query") if isinstance(item, dict) and isinstance(item.get(k), str)]
         if len(keys) != 1 or not item[keys[0]].strip():
             raise InputError(f'{path}:{number}: expected {{"text": "..."}} or {{"query": "..."}}')

@@ -16,7 +16,6 @@ ignored. A bad line raises :class:`InputError` naming the file and the line numb
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from embedrank.beir import document_text, load_beir
 from embedrank.errors import InputError
+from embedrank.jsonline import parse_json_line
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ def load_examples(path: str | Path, split: str = "train") -> list[Example]:
             if not line.strip():
                 continue
             try:
-                examples.append(parse_example(json.loads(line)))
-            except ValueError as exc:  # JSONDecodeError is a ValueError
+                examples.append(parse_example(parse_json_line(line)))
+            except ValueError as exc:  # InputError is a ValueError
                 raise InputError(f"{path}:{lineno}: {exc}. Expected "
                                  '{"query", "pos": [...], "neg": [...]} or '
                                  '{"query", "response", "rejected_response"}') from None
