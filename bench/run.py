@@ -24,6 +24,8 @@ import numpy as np
 
 from embedrank.errors import InputError
 from embedrank.formats import encode_embedding_inputs, encode_rerank_inputs, plan_batches
+from embedrank.hub import check_source
+from embedrank.manifest import read_manifest
 from embedrank.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, Embedder, Reranker
 
 BACKENDS = ("onnx", "torch", "torch-compile")
@@ -172,12 +174,31 @@ class OnnxBackend:
         return self.reranker.score(query, documents)
 
 
-def _backend(name: str, kind: str, model_dir: Path, onnx: OnnxBackend, device: str):
+def _backend(name: str, kind: str, source: str | None, onnx: OnnxBackend, device: str):
     if name == "onnx":
         return onnx
-    from embedrank.bench.torch_backend import torch_backend
+    from embedrank.bench.torch_backend import TorchBackend
 
-    return torch_backend(kind, model_dir, device, name)
+    return TorchBackend(kind, source, device, compile=name == "torch-compile")
+
+
+def torch_sources(embedder_dir, reranker_dir, sources: dict[str, str] | None = None) -> dict[str, str]:
+    """The PyTorch checkpoint of each model for ``--against``: ``sources[kind]`` when given
+    (``--source`` / ``--reranker-source``), else the source its manifest records; checked at once
+    (a missing directory, or a hub id with no hub, is one line, not minutes of retries)."""
+    sources = sources or {}
+    out = {}
+    for kind, model_dir in (("embedder", embedder_dir), ("reranker", reranker_dir)):
+        if not model_dir:
+            continue
+        option = "--source" if kind == "embedder" else "--reranker-source"
+        src = sources.get(kind) or read_manifest(model_dir).source
+        if not src:
+            raise InputError(f"{str(model_dir)!r} records no source checkpoint in its manifest; "
+                             f"pass the PyTorch checkpoint with {option} DIR")
+        check_source(src, hint=f"pass the {kind}'s PyTorch checkpoint with {option} DIR")
+        out[kind] = str(src)
+    return out
 
 
 def _release(name: str) -> None:
@@ -262,8 +283,13 @@ def describe_device(device: str) -> str:
 
 
 def run_bench(embedder_dir: str | Path, reranker_dir: str | Path | None, cfg: BenchConfig,
-              model: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
-    """All measurements; :func:`summary` turns them into the ``--json`` schema."""
+              model: str | None = None, log: Callable[[str], None] = lambda s: None,
+              sources: dict[str, str] | None = None) -> dict:
+    """All measurements; :func:`summary` turns them into the ``--json`` schema.
+
+    ``sources``: the PyTorch checkpoints for ``cfg.against`` by kind (default: the manifests').
+    """
+    src = torch_sources(embedder_dir, reranker_dir, sources) if cfg.against else {}
     embedder = Embedder.load(embedder_dir, cfg.device)
     reranker = Reranker.load(reranker_dir, cfg.device) if reranker_dir else None
     onnx = OnnxBackend(embedder, reranker)
@@ -276,7 +302,7 @@ def run_bench(embedder_dir: str | Path, reranker_dir: str | Path | None, cfg: Be
     names = ("onnx", *[b for b in BACKENDS[1:] if b in cfg.against])
     for name in names:
         log(f"embed: {name}")
-        backend = _backend(name, "embedder", Path(embedder_dir), onnx, cfg.device)
+        backend = _backend(name, "embedder", src.get("embedder"), onnx, cfg.device)
         timing, full["sweep"][name] = bench_embed(backend, work)
         full["embed"][name] = timing.summary()
         log(f"embed {name}: {_figures(full['embed'][name])}")
@@ -285,7 +311,7 @@ def run_bench(embedder_dir: str | Path, reranker_dir: str | Path | None, cfg: Be
         _release(name)
     for name in names if reranker else ():
         log(f"rerank top-{cfg.rerank_docs}: {name}")
-        backend = _backend(name, "reranker", Path(reranker_dir), onnx, cfg.device)
+        backend = _backend(name, "reranker", src.get("reranker"), onnx, cfg.device)
         timing = bench_rerank(backend, work, reranker.max_length)
         full["rerank"][name] = timing.summary()
         log(f"rerank {name}: {_figures(full['rerank'][name])}")

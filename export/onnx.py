@@ -24,7 +24,8 @@ from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
 from embedrank.ops import OPS, find_library
-from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids
+from embedrank.outputs import check_no_overlap, check_replaceable
+from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids, torch_device
 
 # torch dtype the module is loaded in; "int8" exports an fp32 graph, then quantizes it
 # (export/quantize.py, recipe DEFAULT_RECIPE) and checks it against the fp32 module.
@@ -163,10 +164,15 @@ def _source(src: str) -> str:
     return str(path.resolve()) if path.exists() else str(src)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise InputError(f"{str(out)!r} already exists and is not empty; pass --overwrite "
-                         "(overwrite=True) to replace it")
+def _prepare_out(out: Path, src: str, overwrite: bool) -> None:
+    """OUT may be new, empty, or (with ``overwrite``) a model directory embedrank exported; never
+    the source checkpoint, inside it, or around it."""
+    check_no_overlap(out, src)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise InputError(f"{str(out)!r} already exists and is not empty; pass --overwrite "
+                             "(overwrite=True) to replace it")
+        check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -237,7 +243,8 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)
     out = Path(out)
-    _prepare_out(out, overwrite)
+    _check_device(device, verify)
+    _prepare_out(out, src, overwrite)
     torch_device = "cuda" if device.startswith("cuda") else "cpu"
     module = load_module(kind, src, dtype, torch_device, max_length, trust_remote_code)
     graph = (_EmbedderGraph if kind == "embedder" else _RerankerGraph)(module).eval()
@@ -275,12 +282,22 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
         if verify:
             report = _verify(kind, tmp, src, module, dtype, device, trust_remote_code)
         if out.exists():
+            check_replaceable(out)  # again: OUT may have changed during the export
             shutil.rmtree(out)
         tmp.chmod(0o755)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, manifest, report)
+
+
+def _check_device(device: str, verify: bool) -> None:
+    """A missing GPU (PyTorch's, and ONNX Runtime's for the parity check) before anything loads."""
+    torch_device(device)
+    if verify and device != "cpu":
+        from embedrank.runtime.models import providers_for
+
+        providers_for(device)
 
 
 def _int8_plan(kind: str, dtype: str, recipe: str | None, calibration) -> tuple:

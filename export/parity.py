@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from embedrank.errors import ParityError
+from embedrank.hub import check_source
 
 DOCUMENTS = [
     "Paris is the capital of France.",
@@ -55,10 +56,15 @@ class ParityReport:
     passed: bool = False
 
     def table(self) -> str:
-        rows = [f"{'check':<28} {'n':>3} {'min cos':>10} {'mean cos':>10} {'max |d|':>10}"]
+        """One row per check: cosines for embeddings, the largest score difference for both."""
+        cosines = self.kind == "embedder"
+        head = f"{'check':<28} {'n':>3}" + (f" {'min cos':>10} {'mean cos':>10}" if cosines else "")
+        rows = [head + f" {'max |d|':>10}"]
         for name, c in self.checks.items():
-            rows.append(f"{name:<28} {int(c['n']):>3} {c.get('min_cosine', float('nan')):>10.6f} "
-                        f"{c.get('mean_cosine', float('nan')):>10.6f} {c['max_abs_diff']:>10.2e}")
+            row = f"{name:<28} {int(c['n']):>3}"
+            if cosines:
+                row += f" {c['min_cosine']:>10.6f} {c['mean_cosine']:>10.6f}"
+            rows.append(row + f" {c['max_abs_diff']:>10.2e}")
         verdict = "PASS" if self.passed else "FAIL"
         cos, diff = TOLERANCES[self.dtype]
         target = f"cosine >= {cos}" if self.kind == "embedder" else f"|dscore| <= {diff}"
@@ -69,6 +75,13 @@ class ParityReport:
                        f"{TOP1_AGREEMENT[self.dtype]}")
         rows.append(f"{verdict}: {self.kind} {self.dtype}, target {target}")
         return "\n".join(rows)
+
+    def next_step(self, model_dir: str, against: str) -> str:
+        """What to do after a FAIL (one line)."""
+        return (f"{model_dir} does not reproduce {against} within the {self.dtype} tolerance: check "
+                "that --against is the checkpoint it was exported from (its manifest's source), "
+                f"then re-export: embedrank export {self.kind} {against} {model_dir} --overwrite"
+                + (" (or --dtype fp32 for the closest match)" if self.dtype != "fp32" else ""))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,9 +153,11 @@ def verify(model_dir, against, *, device: str = "cpu", trust_remote_code: bool =
     from embedrank.manifest import read_manifest
     from embedrank.runtime import Embedder as OnnxEmbedder
     from embedrank.runtime import Reranker as OnnxReranker
-    from embedrank.train.modeling import Embedder, Reranker
+    from embedrank.train.modeling import Embedder, Reranker, torch_device
 
     manifest = read_manifest(model_dir)
+    torch_device(device)  # before anything loads
+    check_source(against, hint=f"the manifest of {str(model_dir)!r} names {manifest.source!r}")
     runtime_cls, torch_cls = ((OnnxEmbedder, Embedder) if manifest.kind == "embedder"
                               else (OnnxReranker, Reranker))
     runtime = runtime_cls.load(model_dir, device=device)

@@ -29,7 +29,7 @@ from embedrank.plugin.qdrant import QdrantClient, batches
 from embedrank.plugin.vectorizer import register_embedder
 
 STAGES = {"embed": "embed only", "rerank": "embed + rerank"}
-NDCG_AT, RECALL_AT, MRR_AT = (10,), (100,), (10,)
+NDCG_AT, MRR_AT = 10, 10  # cut to k when fewer candidates are retrieved; recall is @k
 DOC_ID_FIELD = "id"
 TEXT_FIELD = "text"
 
@@ -104,8 +104,10 @@ def retrieve(client: QdrantClient, collection: str, queries: Mapping[str, str], 
     return run
 
 
-def score(run: Run, qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
-    return evaluate(run, qrels, ndcg_at=NDCG_AT, recall_at=RECALL_AT, mrr_at=MRR_AT)
+def score(run: Run, qrels: Mapping[str, Mapping[str, int]], k: int = 100) -> dict[str, float]:
+    """nDCG@10, recall@k and MRR@10 of a run of ``k`` candidates per query (the labels say the
+    cutoffs used: with k < 10, nDCG@k and MRR@k)."""
+    return evaluate(run, qrels, ndcg_at=(min(NDCG_AT, k),), recall_at=(k,), mrr_at=(min(MRR_AT, k),))
 
 
 def _check(cfg: EvalConfig) -> None:
@@ -148,7 +150,7 @@ def run_eval(data: str | os.PathLike, embedder: str | os.PathLike,
             "reranker": None if reranker is None else str(reranker), "dim": loaded.dim,
             "config": asdict(cfg), "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "machine": machine()}
-    return EvalResult({stage: score(run, qrels) for stage, run in runs.items()}, runs, info)
+    return EvalResult({stage: score(run, qrels, cfg.top_k) for stage, run in runs.items()}, runs, info)
 
 
 def _timed(seconds: dict[str, float], key: str, fn: Callable[..., Run], *args, **kwargs) -> Run:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +14,7 @@ from qdrant_client import models
 
 from embedrank.errors import InputError
 from embedrank.formats import text_problem
+from embedrank.jsonline import parse_json_line
 from embedrank.plugin.qdrant import QdrantClient
 from embedrank.plugin.retry import Backoff, retry_call
 from embedrank.plugin.vectorizer import registration
@@ -97,14 +97,16 @@ def _jsonl_records(lines: Iterator[str]) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(lines, 1):
         if line.strip():
             try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, InputError(f"invalid JSON ({exc.msg})")
+                yield number, parse_json_line(line)
+            except InputError as exc:
+                yield number, exc
 
 
 def count_lines(file: str | os.PathLike) -> int:
+    """The records the progress bar expects: non-blank lines, less a CSV file's header row."""
     with open(file, "rb") as fh:
-        return sum(1 for _ in fh)
+        lines = sum(1 for line in fh if line.strip())
+    return max(lines - 1, 0) if Path(file).suffix.lower() == ".csv" else lines
 
 
 def _checked(file: Any, number: int, record: Any, text_field: str) -> dict:

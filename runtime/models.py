@@ -67,8 +67,9 @@ class _OnnxModel:
         self.io_binding = device != "cpu" if io_binding is None else io_binding
         self.manifest: Manifest = read_manifest(self.path)
         if self.manifest.kind != self.kind:
-            raise ManifestError(f"{str(self.path)!r} holds a {self.manifest.kind}, not {_an(self.kind)}: "
-                                f"load it with embedrank.runtime.{self.manifest.kind.title()}")
+            raise ManifestError(f"{str(self.path)!r} holds {_an(self.manifest.kind)}, not "
+                                f"{_an(self.kind)}: load it with "
+                                f"embedrank.runtime.{self.manifest.kind.title()}")
         if device == "cpu" and self.manifest.requires_device == "cuda":
             raise DeviceError(f"{str(self.path)!r} was exported for CUDA (GroupQueryAttention with the "
                               "q/k norms inside, which ONNX Runtime runs on CUDA only): load it with "

@@ -131,5 +131,6 @@ def test_cli_export_and_verify(tiny_ckpt, tmp_path):
 def test_cli_reports_errors_without_traceback(tmp_path):
     res = CliRunner().invoke(main, ["export", "embedder", str(tmp_path / "missing"),
                                     str(tmp_path / "o")])
-    assert res.exit_code == 1 and "error: cannot load" in res.output
+    assert res.exit_code == 1 and "error: checkpoint directory" in res.output
+    assert "does not exist" in res.output
     assert "Traceback" not in res.output

@@ -56,7 +56,7 @@ def improved_infonce(
     margin: float = 0.1,
     pos_ids: Tensor | Sequence[int] | None = None,
 ) -> Tensor:
-    """Improved InfoNCE (Qwen3 Embedding report, Eq. 1), mean over the batch.
+    """Improved InfoNCE (Qwen3 Embedding technical report, arXiv 2506.05176, Eq. 1), mean over the batch.
 
     ``Z_i`` holds the positive ``s(q_i, d_i+)``, the query's own hard negatives ``s(q_i, d_ik-)``
     and, for ``j != i``, the in-batch terms ``s(q_i, q_j)``, ``s(d_i+, d_j+)`` and

@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from embedrank.errors import InputError, ModelDirError
+from embedrank.errors import DeviceError, InputError, ModelDirError
 from embedrank.formats import (
     DEFAULT_MAX_LENGTH,
     QWEN3,
@@ -28,6 +28,7 @@ from embedrank.formats import (
     plain_tokenizer,
     token_id,
 )
+from embedrank.hub import check_source
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,23 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def torch_device(device: str) -> str:
+    """``device`` ("cpu", "cuda", "cuda:N") checked against what PyTorch sees, before anything loads."""
+    if device == "cpu":
+        return device
+    if not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device={device!r} but PyTorch sees no CUDA GPU on this machine (torch "
+                          f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use "
+                          "--device cpu, or run where a GPU and a CUDA build of torch are installed")
+    index = int(device[5:]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"device={device!r} but PyTorch sees {torch.cuda.device_count()} GPU(s); "
+                          "use cuda:0 .. cuda:N-1")
+    return device
+
+
 def _load_tokenizer(src: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
@@ -59,6 +77,7 @@ def _load_tokenizer(src: str, trust_remote_code: bool):
 def _load(auto_cls: str, src: str, dtype, device, trust_remote_code: bool):
     import transformers
 
+    check_source(src)  # at once, not after a minute of hub retries
     cls = getattr(transformers, auto_cls)
     try:
         model = cls.from_pretrained(str(src), dtype=dtype, trust_remote_code=trust_remote_code,

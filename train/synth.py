@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from embedrank.errors import InputError
+from embedrank.hub import check_source
+from embedrank.jsonline import parse_json_line
 from embedrank.train import synth_prompts as P
 
 Generate = Callable[[list[str]], list[str]]
@@ -208,6 +210,7 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        check_source(src, hint="give --llm a local model directory")  # at once, no hub retries
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         kw = {"gguf_file": gguf_file} if gguf_file else {}
         self.tok = AutoTokenizer.from_pretrained(src, **kw)
@@ -287,7 +290,7 @@ def read_texts(path: str | Path, key: str) -> list[str]:
                 texts.append(line)
                 continue
             try:
-                obj = json.loads(line)
+                obj = parse_json_line(line)
                 text = obj[key]
             except (ValueError, KeyError, TypeError):
                 raise InputError(f"{path}:{lineno}: expected a JSON object with {key!r} or a "
