@@ -70,7 +70,9 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, b
 @click.argument("collection")
 @click.argument("text")
 @click.option("--embedder", required=True, type=_DIR, help="Exported embedder directory.")
-@click.option("--reranker", default=None, type=_DIR, help="Exported reranker: rerank the top-k.")
+@click.option("--reranker", default=None, type=_DIR,
+              help="Exported reranker: rerank the top-k with it, for this query only "
+                   "[default: the collection's own reranker, if set_reranker recorded one].")
 @click.option("--limit", default=10, show_default=True, type=int)
 @click.option("--top-k", default=100, show_default=True, type=int,
               help="Candidates the reranker reads.")
@@ -94,11 +96,14 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
                           backoff=backoff):
             raise InputError(f"collection {collection!r} does not exist in {db or 'that server'}: "
                              "create it with `embedrank ingest` first")
+        rerank = True  # the collection's own reranker, if it has one; --reranker for this query only
         if reranker:
-            client.set_reranker(collection, reranker, text_field=text_field, top_k=top_k)
+            from embedrank.plugin.rerank import configure
+
+            rerank = configure(reranker, text_field=text_field, top_k=top_k)
         options = {"instruction": instruction} if instruction is not None else None
         hits = retry_call(client.query_points, collection, query=models.Document(
-            text=text, model=name, options=options), limit=limit,
+            text=text, model=name, options=options), limit=limit, rerank=rerank,
             what=f"querying {collection!r}", backoff=backoff).points
     finally:
         client.close()

@@ -4,7 +4,11 @@ Key ``"embedrank"`` describes the default (unnamed) vector, ``"embedrank:<name>"
 vector ``<name>``. Each value is ``{"embedder", "fingerprint", "dim", "instruction"}``. The
 first write of an embedrank ``models.Document`` records it; later writes (and queries) with
 another fingerprint or dim raise :class:`CollectionMismatchError` before anything is written.
-Pure functions over ``CollectionInfo``: the sync and async clients do the I/O.
+
+Key ``"embedrank.reranker"`` holds the collection's reranker (:class:`RerankConfig`):
+``{"model_dir", "fingerprint", "text_field", "top_k", "instruction"}``, written by
+``set_reranker`` and read by :func:`reranker_config`, the one function the clients and the
+server call. Pure functions over ``CollectionInfo``: the sync and async clients do the I/O.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from embedrank.plugin.vectorizer import (
 )
 
 META_KEY = "embedrank"
+RERANK_KEY = "embedrank.reranker"
 
 
 def meta_key(vector_name: str) -> str:
@@ -42,6 +47,47 @@ class ModelRecord:
         return cls(reg.name, reg.fingerprint, reg.dim, reg.instruction)
 
 
+@dataclass(frozen=True)
+class RerankConfig:
+    """A collection's reranker: the model directory and its fingerprint, and how to use it.
+
+    ``model_dir`` is an absolute path on the machine that reranks; a directory there whose
+    fingerprint differs is refused when the reranker is loaded.
+    """
+
+    model_dir: str
+    fingerprint: str
+    text_field: str = "text"
+    top_k: int = 100
+    instruction: str | None = None
+
+    def __post_init__(self) -> None:
+        top_k, text_field, instruction = self.top_k, self.text_field, self.instruction
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise InputError(f"top_k must be a positive int, got {top_k!r}")
+        if not isinstance(text_field, str) or not text_field:
+            raise InputError(f"text_field must be a non-empty str, got {text_field!r}")
+        if instruction is not None and not isinstance(instruction, str):
+            raise InputError(f"instruction must be a str or None, got {type(instruction).__name__}")
+        for name in ("model_dir", "fingerprint"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise InputError(f"{name} must be a non-empty str, got {getattr(self, name)!r}")
+
+
+def reranker_config(metadata: dict | None, collection: str = "?") -> RerankConfig | None:
+    """The reranker recorded in a collection's metadata, or None (pure: no I/O, no model)."""
+    value = (metadata or {}).get(RERANK_KEY)
+    if value is None:
+        return None
+    try:
+        return RerankConfig(**value)
+    except (TypeError, InputError) as exc:
+        raise CollectionMismatchError(
+            f"collection {collection!r} has an unreadable {RERANK_KEY!r} metadata entry ({exc}); "
+            f"set it again with set_reranker({collection!r}, MODEL_DIR) or remove it with "
+            f"set_reranker({collection!r}, None)") from None
+
+
 @dataclass
 class CollectionState:
     """What a client needs to know about a collection: model records and vector sizes."""
@@ -49,6 +95,7 @@ class CollectionState:
     name: str
     records: dict[str, ModelRecord]
     sizes: dict[str, int | None]  # vector name -> size ("" = default vector)
+    reranker: RerankConfig | None = None
 
     @classmethod
     def from_info(cls, name: str, info: models.CollectionInfo) -> CollectionState:
@@ -67,7 +114,7 @@ class CollectionState:
             sizes: dict[str, int | None] = {"": vectors.size}
         else:
             sizes = {k: v.size for k, v in (vectors or {}).items()}
-        return cls(name, records, sizes)
+        return cls(name, records, sizes, reranker_config(info.config.metadata, name))
 
     def check(self, vector_name: str, reg: Registration) -> ModelRecord | None:
         """Raise if ``reg`` cannot write/query ``vector_name``; return a record to store, if new."""

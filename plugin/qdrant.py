@@ -20,8 +20,8 @@ import qdrant_client
 from qdrant_client import models
 
 from embedrank.errors import InputError
-from embedrank.plugin.collections import CollectionState, ModelRecord, meta_key
-from embedrank.plugin.rerank import RerankPlan, RerankSpec, needs_reread, plan, rerank, strip_payload
+from embedrank.plugin.collections import RERANK_KEY, CollectionState, ModelRecord, RerankConfig, meta_key
+from embedrank.plugin.rerank import RerankPlan, configure, needs_reread, plan, rerank, strip_payload
 from embedrank.plugin.vectorizer import embed_in, register_embedder, registration
 from embedrank.runtime import Reranker
 
@@ -36,15 +36,19 @@ def batches(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def rerank_plan(state: CollectionState, spec: RerankSpec | None, query: Any, using: str | None,
+def rerank_plan(state: CollectionState, rerank: bool | RerankConfig, query: Any, using: str | None,
                 limit: int, offset: int | None, with_payload: Any) -> RerankPlan | None:
+    """``rerank``: True = the collection's reranker, False = none, a RerankConfig = that one."""
     from embedrank.plugin.rerank import query_document
 
+    if not isinstance(rerank, (bool, RerankConfig)):
+        raise InputError(f"rerank must be True, False or a RerankConfig, got {rerank!r}")
+    config = rerank if isinstance(rerank, RerankConfig) else state.reranker if rerank else None
     doc = query_document(query)
     default = None
     if doc is not None and registration(doc.model) is not None:
         default = state.default_instruction(using or "", doc.model)
-    return plan(spec, query, limit, offset, with_payload, default)
+    return plan(config, state.name, query, limit, offset, with_payload, default)
 
 
 def widened(request: models.QueryRequest, p: RerankPlan) -> models.QueryRequest:
@@ -56,7 +60,6 @@ class QdrantClient(qdrant_client.QdrantClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rerankers: dict[str, RerankSpec] = {}
         self._states: dict[str, CollectionState] = {}
 
     # ------------------------------------------------------------------ configuration
@@ -66,12 +69,18 @@ class QdrantClient(qdrant_client.QdrantClient):
                      instruction: str | None = None) -> None:
         """Rerank text queries on ``collection_name`` (``model=None`` removes the reranker).
 
-        Held by this client object, not stored in the collection.
+        Stored in the collection's metadata (:class:`RerankConfig`: the directory's absolute
+        path and fingerprint, ``text_field``, ``top_k``, ``instruction``), so every client and
+        ``embedrank serve`` rerank alike. A loaded :class:`Reranker` is recorded by its path
+        and fingerprint, and used as given by this process.
         """
-        if model is None:
-            self._rerankers.pop(collection_name, None)
-            return
-        self._rerankers[collection_name] = RerankSpec.make(model, text_field, top_k, instruction)
+        config = None if model is None else configure(model, text_field, top_k, instruction)
+        self.update_collection(collection_name, metadata={
+            RERANK_KEY: None if config is None else asdict(config)})
+
+    def collection_reranker(self, collection_name: str) -> RerankConfig | None:
+        """The reranker recorded for a collection, or None."""
+        return self._fresh(collection_name).reranker
 
     def set_instruction(self, collection_name: str, instruction: str | None,
                         using: str | None = None) -> None:
@@ -101,6 +110,10 @@ class QdrantClient(qdrant_client.QdrantClient):
             self._states[collection_name] = CollectionState.from_info(collection_name, info)
         return self._states[collection_name]
 
+    def _fresh(self, collection_name: str) -> CollectionState:
+        self._forget(collection_name)
+        return self._state(collection_name)
+
     def _forget(self, collection_name: str) -> None:
         self._states.pop(collection_name, None)
 
@@ -114,7 +127,6 @@ class QdrantClient(qdrant_client.QdrantClient):
 
     def delete_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> bool:
         self._forget(collection_name)
-        self._rerankers.pop(collection_name, None)
         return super().delete_collection(collection_name, *args, **kwargs)
 
     def update_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> bool:
@@ -179,12 +191,12 @@ class QdrantClient(qdrant_client.QdrantClient):
                      with_vectors: Any = False, score_threshold: float | None = None,
                      lookup_from: models.LookupLocation | None = None, consistency: Any = None,
                      shard_key_selector: Any = None, timeout: int | None = None, *,
-                     rerank: bool = True, **kwargs: Any) -> Any:
+                     rerank: bool | RerankConfig = True, **kwargs: Any) -> Any:
         """qdrant-client's ``query_points``; a text query is reranked when the collection has a
-        reranker (``rerank=False`` skips it). ``score_threshold`` filters the first stage."""
-        state = self._state(collection_name)
-        p = rerank_plan(state, self._rerankers.get(collection_name) if rerank else None, query,
-                        using, limit, offset, with_payload)
+        reranker (``rerank=False`` skips it, a :class:`RerankConfig` uses that one for this
+        call). ``score_threshold`` filters the first stage."""
+        state = self._fresh(collection_name)
+        p = rerank_plan(state, rerank, query, using, limit, offset, with_payload)
         query, prefetch = self._for_query(state, (query, prefetch), using)
         if p is not None:
             limit, offset, fetch_payload = p.candidates, None, True
@@ -212,10 +224,9 @@ class QdrantClient(qdrant_client.QdrantClient):
         return strip_payload(points, p.with_payload, selected)
 
     def query_batch_points(self, collection_name: str, requests: list[models.QueryRequest],
-                           *args: Any, rerank: bool = True, **kwargs: Any):
-        state = self._state(collection_name)
-        spec = self._rerankers.get(collection_name) if rerank else None
-        plans = [rerank_plan(state, spec, r.query, r.using, r.limit or 10, r.offset,
+                           *args: Any, rerank: bool | RerankConfig = True, **kwargs: Any):
+        state = self._fresh(collection_name)
+        plans = [rerank_plan(state, rerank, r.query, r.using, r.limit or 10, r.offset,
                              False if r.with_payload is None else r.with_payload)
                  for r in requests]
         requests = [widened(r, p) if p else r for r, p in zip(requests, plans, strict=False)]

@@ -19,9 +19,9 @@ import qdrant_client
 from qdrant_client import models
 
 from embedrank.errors import InputError
-from embedrank.plugin.collections import CollectionState, ModelRecord, meta_key
+from embedrank.plugin.collections import RERANK_KEY, CollectionState, ModelRecord, RerankConfig, meta_key
 from embedrank.plugin.qdrant import UPLOAD_EMBED_BATCH, batches, rerank_plan, widened
-from embedrank.plugin.rerank import RerankPlan, RerankSpec, needs_reread, rerank, strip_payload
+from embedrank.plugin.rerank import RerankPlan, configure, needs_reread, rerank, strip_payload
 from embedrank.plugin.vectorizer import embed_in, registration
 from embedrank.runtime import Reranker
 
@@ -37,19 +37,21 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rerankers: dict[str, RerankSpec] = {}
         self._states: dict[str, CollectionState] = {}
 
     # ------------------------------------------------------------------ configuration
 
-    def set_reranker(self, collection_name: str, model: str | os.PathLike | Reranker | None,
-                     text_field: str = "text", top_k: int = 100,
-                     instruction: str | None = None) -> None:
-        """Rerank text queries on ``collection_name`` (``model=None`` removes the reranker)."""
-        if model is None:
-            self._rerankers.pop(collection_name, None)
-            return
-        self._rerankers[collection_name] = RerankSpec.make(model, text_field, top_k, instruction)
+    async def set_reranker(self, collection_name: str,
+                           model: str | os.PathLike | Reranker | None, text_field: str = "text",
+                           top_k: int = 100, instruction: str | None = None) -> None:
+        """See :meth:`embedrank.plugin.QdrantClient.set_reranker`."""
+        config = None if model is None else await _off_loop(configure, model, text_field, top_k,
+                                                             instruction)
+        await self.update_collection(collection_name, metadata={
+            RERANK_KEY: None if config is None else asdict(config)})
+
+    async def collection_reranker(self, collection_name: str) -> RerankConfig | None:
+        return (await self._fresh(collection_name)).reranker
 
     async def set_instruction(self, collection_name: str, instruction: str | None,
                               using: str | None = None) -> None:
@@ -77,6 +79,10 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
             self._states[collection_name] = CollectionState.from_info(collection_name, info)
         return self._states[collection_name]
 
+    async def _fresh(self, collection_name: str) -> CollectionState:
+        self._forget(collection_name)
+        return await self._state(collection_name)
+
     def _forget(self, collection_name: str) -> None:
         self._states.pop(collection_name, None)
 
@@ -90,7 +96,6 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
 
     async def delete_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> bool:
         self._forget(collection_name)
-        self._rerankers.pop(collection_name, None)
         return await super().delete_collection(collection_name, *args, **kwargs)
 
     async def update_collection(self, collection_name: str, *args: Any, **kwargs: Any) -> bool:
@@ -164,12 +169,11 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
                            with_vectors: Any = False, score_threshold: float | None = None,
                            lookup_from: models.LookupLocation | None = None,
                            consistency: Any = None, shard_key_selector: Any = None,
-                           timeout: int | None = None, *, rerank: bool = True,
+                           timeout: int | None = None, *, rerank: bool | RerankConfig = True,
                            **kwargs: Any) -> Any:
         """See :meth:`embedrank.plugin.QdrantClient.query_points`."""
-        state = await self._state(collection_name)
-        p = rerank_plan(state, self._rerankers.get(collection_name) if rerank else None, query,
-                        using, limit, offset, with_payload)
+        state = await self._fresh(collection_name)
+        p = rerank_plan(state, rerank, query, using, limit, offset, with_payload)
         query, prefetch = await self._for_query(state, (query, prefetch), using)
         if p is not None:
             limit, offset, fetch_payload = p.candidates, None, True
@@ -197,10 +201,10 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
         return strip_payload(points, p.with_payload, selected)
 
     async def query_batch_points(self, collection_name: str, requests: list[models.QueryRequest],
-                                 *args: Any, rerank: bool = True, **kwargs: Any):
-        state = await self._state(collection_name)
-        spec = self._rerankers.get(collection_name) if rerank else None
-        plans = [rerank_plan(state, spec, r.query, r.using, r.limit or 10, r.offset,
+                                 *args: Any, rerank: bool | RerankConfig = True,
+                                 **kwargs: Any):
+        state = await self._fresh(collection_name)
+        plans = [rerank_plan(state, rerank, r.query, r.using, r.limit or 10, r.offset,
                              False if r.with_payload is None else r.with_payload)
                  for r in requests]
         requests = [widened(r, p) if p else r for r, p in zip(requests, plans, strict=False)]

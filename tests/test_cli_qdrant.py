@@ -99,6 +99,11 @@ def test_query_prints_a_reranked_table(tmp_path, jsonl, embedder_dir, reranker_d
         assert cells[1] == point_id(CORPUS[i], CORPUS[i]["text"], "id")
         assert float(cells[2]) == pytest.approx(score, abs=6e-5)
         assert CORPUS[i]["text"].startswith(" ".join(cells[3:]).rstrip("…")[:40])
+    client = QdrantClient(path=str(db))
+    try:  # --reranker is for that query only: the collection records nothing
+        assert client.collection_reranker("docs") is None
+    finally:
+        client.close()
 
 
 def test_demo_runs_end_to_end(tmp_path, embedder_dir, reranker_dir):
