@@ -13,7 +13,7 @@ server call. Pure functions over ``CollectionInfo``: the sync and async clients 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from qdrant_client import models
@@ -33,6 +33,39 @@ RERANK_KEY = "embedrank.reranker"
 
 def meta_key(vector_name: str) -> str:
     return META_KEY if not vector_name else f"{META_KEY}:{vector_name}"
+
+
+def where(vector_name: str) -> str:
+    return "the default vector" if not vector_name else f"vector {vector_name!r}"
+
+
+def plan_models(obj: Any, name: str = "") -> dict[str, Registration]:
+    """The embedder of each vector a request writes or queries ("" = the default vector).
+
+    Every document's text is checked first; two embedders for one vector are refused.
+    """
+    check_document_texts(obj)
+    found: dict[str, Registration] = {}
+    for vector_name, doc in find_documents(obj, name):
+        merge(found, {vector_name: registration(doc.model)})
+    return found
+
+
+def merge(known: dict[str, Registration], regs: dict[str, Registration]) -> dict[str, Registration]:
+    """Add ``regs`` to ``known`` and return the new entries; another embedder for a vector
+    already in ``known`` (another fingerprint or dim) is refused."""
+    new = {}
+    for vector_name, reg in regs.items():
+        have = known.get(vector_name)
+        if have is None:
+            known[vector_name] = new[vector_name] = reg
+        elif (have.fingerprint, have.dim) != (reg.fingerprint, reg.dim):
+            raise CollectionMismatchError(
+                f"one request uses embedders {have.name!r} (fingerprint {have.fingerprint[:12]}, "
+                f"dim {have.dim}) and {reg.name!r} (fingerprint {reg.fingerprint[:12]}, dim "
+                f"{reg.dim}) for {where(vector_name)}; a vector holds one embedder's vectors: "
+                "send them to different vectors or collections")
+    return new
 
 
 @dataclass(frozen=True)
@@ -119,8 +152,7 @@ class CollectionState:
     def check(self, vector_name: str, reg: Registration) -> ModelRecord | None:
         """Raise if ``reg`` cannot write/query ``vector_name``; return a record to store, if new."""
         if vector_name not in self.sizes:
-            where = "the default vector" if not vector_name else f"vector {vector_name!r}"
-            raise InputError(f"collection {self.name!r} has no {where}; its vectors are "
+            raise InputError(f"collection {self.name!r} has no {where(vector_name)}; its vectors are "
                              f"{sorted(self.sizes) or 'none'} (\"\" = default)")
         size = self.sizes[vector_name]
         label = "" if not vector_name else f" (vector {vector_name!r})"
@@ -140,22 +172,10 @@ class CollectionState:
                 "directory, or re-embed into a new collection")
         return None
 
-    def plan(self, obj: Any, name: str = "") -> dict[str, dict]:
-        """Check every embedrank document in ``obj``; return the metadata to add (maybe empty)."""
-        check_document_texts(obj)
-        new: dict[str, dict] = {}
-        for vector_name, doc in find_documents(obj, name):
-            reg = registration(doc.model)
-            record = self.check(vector_name, reg)
-            if record is not None:
-                new.setdefault(meta_key(vector_name), asdict(record))
-        return new
-
-    def remember(self, metadata: dict[str, dict]) -> None:
-        for key, value in metadata.items():
-            vector_name = "" if key == META_KEY else key[len(META_KEY) + 1:]
-            self.records[vector_name] = ModelRecord(**value) if value is not None else None
-        self.records = {k: v for k, v in self.records.items() if v is not None}
+    def missing(self, regs: dict[str, Registration]) -> dict[str, ModelRecord]:
+        """Check every (vector, embedder) of a request; return the records the collection lacks."""
+        checked = {name: self.check(name, reg) for name, reg in regs.items()}
+        return {name: record for name, record in checked.items() if record is not None}
 
     def default_instruction(self, vector_name: str, model_name: str) -> str | None:
         """The collection's query instruction for a vector: its record, else the registration's."""

@@ -24,8 +24,9 @@ from qdrant_client import models
 from embedrank.beir import load_beir, passages
 from embedrank.errors import InputError
 from embedrank.metrics import evaluate
+from embedrank.plugin.core import batches
 from embedrank.plugin.ingest import ensure_collection, ingest_records, model_name, open_client
-from embedrank.plugin.qdrant import QdrantClient, batches
+from embedrank.plugin.qdrant import QdrantClient
 from embedrank.plugin.vectorizer import register_embedder
 
 STAGES = {"embed": "embed only", "rerank": "embed + rerank"}
