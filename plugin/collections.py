@@ -5,6 +5,11 @@ vector ``<name>``. Each value is ``{"embedder", "fingerprint", "dim", "instructi
 first write of an embedrank ``models.Document`` records it; later writes (and queries) with
 another fingerprint or dim raise :class:`CollectionMismatchError` before anything is written.
 
+A writer that finds no record first adds a claim, ``"embedrank.claim:<vector>:<nonce>"``, then
+reads the metadata again, and writes the record (removing its claim in the same update) only if no
+record or claim of another embedder showed up meanwhile (:meth:`CollectionState.confirm`; the
+protocol is in :func:`embedrank.plugin.core.ensure_records`).
+
 Key ``"embedrank.reranker"`` holds the collection's reranker (:class:`RerankConfig`):
 ``{"model_dir", "fingerprint", "text_field", "top_k", "instruction"}``, written by
 ``set_reranker`` and read by :func:`reranker_config`, the one function the clients and the
@@ -13,7 +18,7 @@ server call. Pure functions over ``CollectionInfo``: the sync and async clients 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qdrant_client import models
@@ -29,10 +34,15 @@ from embedrank.plugin.vectorizer import (
 
 META_KEY = "embedrank"
 RERANK_KEY = "embedrank.reranker"
+CLAIM_KEY = "embedrank.claim:"
 
 
 def meta_key(vector_name: str) -> str:
     return META_KEY if not vector_name else f"{META_KEY}:{vector_name}"
+
+
+def claim_key(vector_name: str, nonce: str) -> str:
+    return f"{CLAIM_KEY}{vector_name}:{nonce}"
 
 
 def where(vector_name: str) -> str:
@@ -78,6 +88,19 @@ class ModelRecord:
     @classmethod
     def of(cls, reg: Registration) -> ModelRecord:
         return cls(reg.name, reg.fingerprint, reg.dim, reg.instruction)
+
+
+def _record(collection: str, key: str, value: Any) -> ModelRecord:
+    try:
+        return ModelRecord(**value)
+    except TypeError:
+        raise CollectionMismatchError(
+            f"collection {collection!r} has an unreadable {key!r} metadata entry ({value!r}); "
+            f"remove it with update_collection(metadata={{{key!r}: None}})") from None
+
+
+def _same_model(a: ModelRecord, b: ModelRecord) -> bool:
+    return (a.fingerprint, a.dim) == (b.fingerprint, b.dim)
 
 
 @dataclass(frozen=True)
@@ -129,25 +152,25 @@ class CollectionState:
     records: dict[str, ModelRecord]
     sizes: dict[str, int | None]  # vector name -> size ("" = default vector)
     reranker: RerankConfig | None = None
+    claims: dict[str, dict[str, ModelRecord]] = field(default_factory=dict)  # vector -> nonce ->
 
     @classmethod
     def from_info(cls, name: str, info: models.CollectionInfo) -> CollectionState:
-        records = {}
-        for key, value in (info.config.metadata or {}).items():
+        metadata = info.config.metadata or {}
+        records: dict[str, ModelRecord] = {}
+        claims: dict[str, dict[str, ModelRecord]] = {}
+        for key, value in metadata.items():
             if key == META_KEY or key.startswith(META_KEY + ":"):
-                vector_name = key[len(META_KEY) + 1:]
-                try:
-                    records[vector_name] = ModelRecord(**value)
-                except TypeError:
-                    raise CollectionMismatchError(
-                        f"collection {name!r} has an unreadable {key!r} metadata entry ({value!r}); "
-                        f"remove it with update_collection(metadata={{{key!r}: None}})") from None
+                records[key[len(META_KEY) + 1:]] = _record(name, key, value)
+            elif key.startswith(CLAIM_KEY) and ":" in key[len(CLAIM_KEY):]:
+                vector_name, nonce = key[len(CLAIM_KEY):].rsplit(":", 1)
+                claims.setdefault(vector_name, {})[nonce] = _record(name, key, value)
         vectors = info.config.params.vectors
         if isinstance(vectors, models.VectorParams):
             sizes: dict[str, int | None] = {"": vectors.size}
         else:
             sizes = {k: v.size for k, v in (vectors or {}).items()}
-        return cls(name, records, sizes, reranker_config(info.config.metadata, name))
+        return cls(name, records, sizes, reranker_config(metadata, name), claims)
 
     def check(self, vector_name: str, reg: Registration) -> ModelRecord | None:
         """Raise if ``reg`` cannot write/query ``vector_name``; return a record to store, if new."""
@@ -176,6 +199,33 @@ class CollectionState:
         """Check every (vector, embedder) of a request; return the records the collection lacks."""
         checked = {name: self.check(name, reg) for name, reg in regs.items()}
         return {name: record for name, record in checked.items() if record is not None}
+
+    def confirm(self, new: dict[str, ModelRecord], nonce: str) -> dict[str, ModelRecord]:
+        """After claiming ``new`` under ``nonce`` and reading again: the records still to write.
+
+        Refused if another embedder's record or claim for one of these vectors is there now.
+        """
+        out = {}
+        for vector_name, mine in new.items():
+            record = self.records.get(vector_name)
+            if record is not None:
+                if not _same_model(record, mine):
+                    raise CollectionMismatchError(
+                        f"collection {self.name!r}: {where(vector_name)} was just recorded with "
+                        f"embedder {record.embedder!r} (fingerprint {record.fingerprint[:12]}, dim "
+                        f"{record.dim}) by another writer; {mine.embedder!r} cannot write there, "
+                        "nothing was written")
+                continue
+            for other, claim in self.claims.get(vector_name, {}).items():
+                if other != nonce and not _same_model(claim, mine):
+                    raise CollectionMismatchError(
+                        f"collection {self.name!r}: another writer is recording embedder "
+                        f"{claim.embedder!r} (fingerprint {claim.fingerprint[:12]}) for "
+                        f"{where(vector_name)}; nothing was written. Retry; if no other writer "
+                        "is running, one that crashed left its claim: remove it with "
+                        f"update_collection(metadata={{{claim_key(vector_name, other)!r}: None}})")
+            out[vector_name] = mine
+        return out
 
     def default_instruction(self, vector_name: str, model_name: str) -> str | None:
         """The collection's query instruction for a vector: its record, else the registration's."""

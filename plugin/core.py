@@ -8,33 +8,33 @@ requests and receives their results:
 - :class:`Work`: CPU or model work (walking a request, embedding, reranking, loading a model);
 - :class:`Locked`: run a sub-operation holding the client's write lock for one collection.
 
-It prepares requests and finishes responses itself, with no I/O. Two drivers run operations:
-:func:`run` for :class:`~embedrank.plugin.QdrantClient` (and the synchronous upload methods of
-the async client), :func:`arun` for :class:`~embedrank.plugin.AsyncQdrantClient`, where Work runs
-in the event loop's thread executor. The two client classes are shells of one-line methods.
+It prepares requests and finishes responses itself, with no I/O. The drivers in
+:mod:`embedrank.plugin.drivers` run operations: ``run`` for :class:`~embedrank.plugin.QdrantClient`
+(and the synchronous upload methods of the async client), ``arun`` for
+:class:`~embedrank.plugin.AsyncQdrantClient`, where Work runs in the event loop's thread
+executor. The two client classes are shells of one-line methods.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import itertools
-import threading
+import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import qdrant_client
 from qdrant_client import models
 
-from embedrank.errors import InputError
+from embedrank.errors import CollectionMismatchError, InputError
 from embedrank.plugin.collections import (
     RERANK_KEY,
     CollectionState,
     ModelRecord,
     RerankConfig,
+    claim_key,
     merge,
     meta_key,
     plan_models,
@@ -80,76 +80,6 @@ class Locked:
 Op = Generator[Call | Work | Locked, Any, Any]
 
 
-# ------------------------------------------------------------------------------ drivers
-
-
-@dataclass(frozen=True)
-class Done:
-    """An operation's result."""
-
-    value: Any
-
-
-def _next(op: Op, value: Any) -> Call | Work | Locked | Done:
-    """Send ``value`` into ``op``: its next request, or :class:`Done` with its result."""
-    try:
-        return op.send(value)
-    except StopIteration as stop:
-        return Done(stop.value)
-
-
-def run(op: Op, call: Callable[[Call], Any], locked: Callable[[str], Any]) -> Any:
-    """Run ``op`` in this thread: ``call`` performs a Call, ``locked(name)`` is a lock."""
-    with closing(op):
-        request = _next(op, None)
-        while not isinstance(request, Done):
-            if isinstance(request, Call):
-                value = call(request)
-            elif isinstance(request, Work):
-                value = request.fn(*request.args)
-            else:
-                with locked(request.collection):
-                    value = run(request.op, call, locked)
-            request = _next(op, value)
-        return request.value
-
-
-async def arun(op: Op, call: Callable[[Call], Any], locked: Callable[[str], Any]) -> Any:
-    """Run ``op`` on the event loop: Calls are awaited, Work runs in the default executor."""
-    loop = asyncio.get_running_loop()
-    with closing(op):
-        request = _next(op, None)
-        while not isinstance(request, Done):
-            if isinstance(request, Call):
-                value = await call(request)
-            elif isinstance(request, Work):
-                value = await loop.run_in_executor(None, functools.partial(request.fn,
-                                                                           *request.args))
-            else:
-                async with locked(request.collection):
-                    value = await arun(request.op, call, locked)
-            request = _next(op, value)
-        return request.value
-
-
-class LockTable:
-    """One lock per collection name, made by ``factory`` on first use."""
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory, self._locks, self._guard = factory, {}, threading.Lock()
-
-    def __call__(self, name: str) -> Any:
-        with self._guard:
-            if name not in self._locks:
-                self._locks[name] = self._factory()
-            return self._locks[name]
-
-
-def is_local(init_options: dict) -> bool:
-    """Whether a client's ``init_options`` describe qdrant-client's local mode."""
-    return init_options.get("location") == ":memory:" or init_options.get("path") is not None
-
-
 # ------------------------------------------------------------------------------ requests
 
 
@@ -185,15 +115,37 @@ def read_state(collection: str) -> Op:
     return CollectionState.from_info(collection, info)
 
 
+def update_metadata(collection: str, metadata: dict) -> Call:
+    return Call("update_collection", {"collection_name": collection, "metadata": metadata})
+
+
 def ensure_records(collection: str, regs: dict[str, Registration]) -> Op:
-    """Refuse an embedder the collection was not built with; record the ones it lacks."""
+    """Refuse an embedder the collection was not built with; record the ones it lacks.
+
+    Compare-and-set through the metadata: Qdrant has no conditional metadata update, but it
+    applies updates one at a time and key by key (a ``None`` value removes a key). A writer that
+    finds no record (1) adds a claim under a key of its own, (2) reads again, and (3) refuses
+    if another embedder's record or claim is there now, else (4) writes the record and removes
+    its claim in one update. Of two writers with different embedders, the one that reads again
+    last sees the other's claim (or the record that replaced it), so at most one proceeds.
+    """
     if not regs:
         return None
     state = yield from read_state(collection)
     new = state.missing(regs)
-    if new:
-        yield Call("update_collection", {"collection_name": collection, "metadata": {
-            meta_key(v): asdict(record) for v, record in new.items()}})
+    if not new:
+        return state
+    nonce = uuid.uuid4().hex
+    claims = {claim_key(v, nonce): asdict(record) for v, record in new.items()}
+    yield update_metadata(collection, claims)
+    state = yield from read_state(collection)
+    try:
+        records = state.confirm(new, nonce)
+    except CollectionMismatchError:
+        yield update_metadata(collection, dict.fromkeys(claims))
+        raise
+    yield update_metadata(collection, {**{meta_key(v): asdict(r) for v, r in records.items()},
+                                       **dict.fromkeys(claims)})
     return state
 
 
@@ -344,8 +296,7 @@ def set_reranker(collection: str, model: Any, text_field: str = "text", top_k: i
                  instruction: str | None = None) -> Op:
     config = None if model is None else (
         yield Work(configure, (model, text_field, top_k, instruction)))
-    yield Call("update_collection", {"collection_name": collection, "metadata": {
-        RERANK_KEY: None if config is None else asdict(config)}})
+    yield update_metadata(collection, {RERANK_KEY: None if config is None else asdict(config)})
 
 
 def collection_reranker(collection: str) -> Op:
@@ -367,8 +318,8 @@ def _set_instruction(collection: str, instruction: str | None, using: str) -> Op
     if record is None:
         raise InputError(f"collection {collection!r} has no embedrank model recorded for "
                          f"vector {using!r} yet: write documents first")
-    yield Call("update_collection", {"collection_name": collection, "metadata": {
-        meta_key(using): {**asdict(record), "instruction": instruction}}})
+    yield update_metadata(collection, {meta_key(using): {**asdict(record),
+                                                         "instruction": instruction}})
 
 
 def check_embedder(collection: str, model: str, using: str | None = None) -> Op:

@@ -23,7 +23,7 @@ from typing import Any
 
 import qdrant_client
 
-from embedrank.plugin import core
+from embedrank.plugin import core, drivers
 from embedrank.plugin.collections import ModelRecord, RerankConfig
 from embedrank.plugin.vectorizer import register_embedder, registration
 from embedrank.runtime import Reranker
@@ -51,7 +51,7 @@ class _SerialLocal(qdrant_client.QdrantClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if core.is_local(self.init_options):
+        if drivers.is_local(self.init_options):
             self._serial = threading.RLock()
 
 
@@ -66,13 +66,13 @@ class QdrantClient(_SerialLocal):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._locks = core.LockTable(threading.RLock)
+        self._locks = drivers.LockTable(threading.RLock)
 
     def _call(self, call: core.Call) -> Any:
         return getattr(super(), call.method)(**call.kwargs)
 
     def _run(self, op: core.Op) -> Any:
-        return core.run(op, self._call, self._locks)
+        return drivers.run(op, self._call, self._locks)
 
     # ------------------------------------------------------------------ configuration
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import qdrant_client
 
-from embedrank.plugin import core
+from embedrank.plugin import core, drivers
 from embedrank.plugin.collections import ModelRecord, RerankConfig
 from embedrank.plugin.vectorizer import registration
 from embedrank.runtime import Reranker
@@ -42,8 +42,8 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._locks = core.LockTable(asyncio.Lock)
-        self._sync_locks = core.LockTable(threading.RLock)
+        self._locks = drivers.LockTable(asyncio.Lock)
+        self._sync_locks = drivers.LockTable(threading.RLock)
         self._sync_client: qdrant_client.QdrantClient | None = None
 
     async def _call(self, call: core.Call) -> Any:
@@ -53,17 +53,17 @@ class AsyncQdrantClient(qdrant_client.AsyncQdrantClient):
         method = getattr(super(), call.method)
         if not inspect.iscoroutinefunction(method):
             return method(**call.kwargs)
-        if core.is_local(self.init_options):
+        if drivers.is_local(self.init_options):
             return _finished(method(**call.kwargs))
         if self._sync_client is None:
             self._sync_client = qdrant_client.QdrantClient(**self.init_options)
         return getattr(self._sync_client, call.method)(**call.kwargs)
 
     async def _run(self, op: core.Op) -> Any:
-        return await core.arun(op, self._call, self._locks)
+        return await drivers.arun(op, self._call, self._locks)
 
     def _run_blocking(self, op: core.Op) -> Any:
-        return core.run(op, self._call_blocking, self._sync_locks)
+        return drivers.run(op, self._call_blocking, self._sync_locks)
 
     async def close(self, *args: Any, **kwargs: Any) -> None:
         if self._sync_client is not None:
