@@ -45,10 +45,16 @@ def _connect(embedder: str, db: str | None, url: str | None, api_key: str | None
               help="Field whose value makes the point id (uuid5); records without it use the text.")
 @_target
 @click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--on-duplicate", default="last", show_default=True,
+              type=click.Choice(["first", "last", "fail"]),
+              help="Records that name one point (the same id, or the same text without one): "
+                   "keep the first or the last of them, or fail before writing anything. "
+                   "They are counted and reported either way.")
 @_attempts
 def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, batch_size,
-           attempts) -> None:
-    """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes."""
+           on_duplicate, attempts) -> None:
+    """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes, and
+    updates the points whose record changed."""
     from tqdm import tqdm
 
     from embedrank.plugin.ingest import count_lines, ingest_records, read_records
@@ -57,13 +63,13 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, b
     client, name = _connect(embedder, db, url, api_key)
     try:
         with tqdm(total=count_lines(file), unit="line", desc=collection) as bar:
-            result = ingest_records(client, collection, read_records(file), name,
+            result = ingest_records(client, collection, lambda: read_records(file), name,
                                     text_field=text_field, id_field=id_field,
                                     batch_size=batch_size, source=file, progress=bar.update,
-                                    backoff=Backoff(attempts=attempts))
+                                    backoff=Backoff(attempts=attempts), on_duplicate=on_duplicate)
     finally:
         client.close()
-    click.echo(f"{collection}: {result.added} added, {result.skipped} already present")
+    click.echo(result.summary(collection))
 
 
 @click.command()
