@@ -50,10 +50,16 @@ def _connect(embedder: str, db: str | None, url: str | None, api_key: str | None
 @_target
 @click.option("--batch-size", default=64, show_default=True, type=int,
               help="Records embedded and written per Qdrant call.")
+@click.option("--on-duplicate", default="last", show_default=True,
+              type=click.Choice(["first", "last", "fail"]),
+              help="Records that name one point (the same id, or the same text without one): "
+                   "keep the first or the last of them, or fail before writing anything. "
+                   "They are counted and reported either way.")
 @_attempts
 def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, batch_size,
-           attempts) -> None:
-    """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes."""
+           on_duplicate, attempts) -> None:
+    """Embed a JSONL or CSV FILE into COLLECTION (created if missing); a rerun resumes, and
+    updates the points whose record changed."""
     from tqdm import tqdm
 
     from embedrank.plugin.ingest import count_lines, ingest_records, read_records
@@ -62,20 +68,22 @@ def ingest(collection, file, embedder, text_field, id_field, db, url, api_key, b
     client, name = _connect(embedder, db, url, api_key)
     try:
         with tqdm(total=count_lines(file), unit="line", desc=collection) as bar:
-            result = ingest_records(client, collection, read_records(file), name,
+            result = ingest_records(client, collection, lambda: read_records(file), name,
                                     text_field=text_field, id_field=id_field,
                                     batch_size=batch_size, source=file, progress=bar.update,
-                                    backoff=Backoff(attempts=attempts))
+                                    backoff=Backoff(attempts=attempts), on_duplicate=on_duplicate)
     finally:
         client.close()
-    click.echo(f"{collection}: {result.added} added, {result.skipped} already present")
+    click.echo(result.summary(collection))
 
 
 @click.command()
 @click.argument("collection")
 @click.argument("text")
 @click.option("--embedder", required=True, type=_DIR, help="Exported embedder directory.")
-@click.option("--reranker", default=None, type=_DIR, help="Exported reranker: rerank the top-k.")
+@click.option("--reranker", default=None, type=_DIR,
+              help="Exported reranker: rerank the top-k with it, for this query only "
+                   "[default: the collection's own reranker, if set_reranker recorded one].")
 @click.option("--limit", default=10, show_default=True, type=int, help="Hits to print.")
 @click.option("--top-k", default=100, show_default=True, type=int,
               help="Candidates the reranker reads.")
@@ -100,11 +108,14 @@ def query(collection, text, embedder, reranker, limit, top_k, text_field, instru
                           backoff=backoff):
             raise InputError(f"collection {collection!r} does not exist in {db or 'that server'}: "
                              "create it with `embedrank ingest` first")
+        rerank = True  # the collection's own reranker, if it has one; --reranker for this query only
         if reranker:
-            client.set_reranker(collection, reranker, text_field=text_field, top_k=top_k)
+            from embedrank.plugin.rerank import configure
+
+            rerank = configure(reranker, text_field=text_field, top_k=top_k)
         options = {"instruction": instruction} if instruction is not None else None
         hits = retry_call(client.query_points, collection, query=models.Document(
-            text=text, model=name, options=options), limit=limit,
+            text=text, model=name, options=options), limit=limit, rerank=rerank,
             what=f"querying {collection!r}", backoff=backoff).points
     finally:
         client.close()

@@ -24,8 +24,9 @@ from qdrant_client import models
 from embedrank.beir import load_beir, passages
 from embedrank.errors import InputError
 from embedrank.metrics import evaluate
+from embedrank.plugin.core import batches
 from embedrank.plugin.ingest import ensure_collection, ingest_records, model_name, open_client
-from embedrank.plugin.qdrant import QdrantClient, batches
+from embedrank.plugin.qdrant import QdrantClient
 from embedrank.plugin.vectorizer import register_embedder
 
 STAGES = {"embed": "embed only", "rerank": "embed + rerank"}
@@ -73,8 +74,10 @@ def index_corpus(client: QdrantClient, collection: str, texts: Mapping[str, str]
     Refuses a collection that holds points of another corpus, which would pollute the ranking.
     """
     ensure_collection(client, collection, model)
-    records = ((n, {DOC_ID_FIELD: docid, TEXT_FIELD: text})
-               for n, (docid, text) in enumerate(texts.items(), 1))
+    def records():  # read twice by ingest_records
+        return ((n, {DOC_ID_FIELD: docid, TEXT_FIELD: text})
+                for n, (docid, text) in enumerate(texts.items(), 1))
+
     with _bar(len(texts), "indexing", "doc", cfg.progress) as bar:
         ingest_records(client, collection, records, model, text_field=TEXT_FIELD,
                        id_field=DOC_ID_FIELD, batch_size=cfg.batch_size, source="corpus",

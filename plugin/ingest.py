@@ -6,7 +6,7 @@ import csv
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,10 @@ def model_name(model_dir: str | os.PathLike) -> str:
 
 
 def point_id(record: dict, text: str, id_field: str) -> str:
-    """uuid5 of the record's id field when it has one, else of its text."""
+    """uuid5 of the record's id field when it has one, else of its text.
+
+    The id is read as a string (``1`` and ``"1"`` give one point): :func:`plan_input` and the
+    write refuse ids that are equal only as strings."""
     key = record.get(id_field)
     return str(uuid.uuid5(ID_NAMESPACE, f"id:{key}" if key is not None else f"text:{text}"))
 
@@ -111,8 +114,7 @@ def count_lines(file: str | os.PathLike) -> int:
 
 def _checked(file: Any, number: int, record: Any, text_field: str) -> dict:
     if isinstance(record, InputError):
-        raise InputError(f"{file}:{number}: {record}; fix the line and rerun (finished batches "
-                         "are kept, the rerun resumes)")
+        raise InputError(f"{file}:{number}: {record}; fix the line and rerun (nothing was written)")
     if not isinstance(record, dict):
         raise InputError(f"{file}:{number}: expected a JSON object, got {type(record).__name__}")
     if text_field not in record:
@@ -135,10 +137,74 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+ON_DUPLICATE = ("first", "last", "fail")
+SHOWN = 5  # duplicate lines named in messages
+
+
 @dataclass
 class IngestResult:
     added: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already present, unchanged
+    updated: int = 0  # present with another payload (e.g. the text changed): written again
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (line, line it repeats)
+    on_duplicate: str = "last"
+
+    def summary(self, collection: str) -> str:
+        text = f"{collection}: {self.added} added, {self.skipped} already present, " \
+               f"{self.updated} updated"
+        if self.duplicates:
+            text += f"\n{collection}: {describe_duplicates(self.duplicates)}; the " \
+                    f"{self.on_duplicate} of each was kept"
+        return text
+
+
+def describe_duplicates(duplicates: list[tuple[int, int]]) -> str:
+    shown = ", ".join(f"line {n} repeats line {m}" for n, m in duplicates[:SHOWN])
+    more = ", ..." if len(duplicates) > SHOWN else ""
+    return f"{len(duplicates)} duplicates in input ({shown}{more})"
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+@dataclass
+class _Plan:
+    """The first pass over the input: which line writes each point, and the duplicates."""
+
+    keep: dict[str, int] = field(default_factory=dict)  # point id -> the line written
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+
+
+def plan_input(numbered: Iterable[tuple[int, Any]], source: Any, text_field: str, id_field: str,
+               on_duplicate: str) -> _Plan:
+    """Check every record; map each point id to the line that writes it (``on_duplicate``).
+
+    Two records name one point when they have the same id (or, without one, the same text).
+    Ids that differ but are equal as strings (``1`` and ``"1"``) are refused: they would
+    collide. With ``on_duplicate="fail"`` any duplicate is refused. Nothing is written here.
+    """
+    plan, first = _Plan(), {}  # first: point id -> (line, id value)
+    for number, record in numbered:
+        row = _checked(source, number, record, text_field)
+        pid, key = point_id(row, row[text_field], id_field), row.get(id_field)
+        if pid not in first:
+            first[pid] = (number, key)
+            plan.keep[pid] = number
+            continue
+        line, earlier = first[pid]
+        if not _same_id(key, earlier):
+            raise InputError(f"{source}:{number}: {id_field} {key!r} and the {id_field} {earlier!r} "
+                             f"of line {line} are equal as strings, so they name one point; use one "
+                             "type for ids (nothing was written)")
+        plan.duplicates.append((number, line))
+        if on_duplicate == "last":
+            plan.keep[pid] = number
+    if plan.duplicates and on_duplicate == "fail":
+        raise InputError(f"{source}: {describe_duplicates(plan.duplicates)}: records with the "
+                         f"same {id_field!r} (or the same text, without one) name one point. "
+                         "Nothing was written; remove them, or choose --on-duplicate first|last")
+    return plan
 
 
 def ensure_collection(client: QdrantClient, collection: str, model: str,
@@ -149,41 +215,79 @@ def ensure_collection(client: QdrantClient, collection: str, model: str,
                 size=registration(model).dim, distance=models.Distance.COSINE))
 
     retry_call(ensure, what=f"creating collection {collection!r}", backoff=backoff)
+    retry_call(client.check_embedder, collection, model, backoff=backoff,
+               what=f"checking the embedder of {collection!r}")
 
 
-def ingest_records(client: QdrantClient, collection: str, numbered: Iterable[tuple[int, Any]],
+def ingest_records(client: QdrantClient, collection: str,
+                   numbered: Iterable[tuple[int, Any]] | Callable[[], Iterable[tuple[int, Any]]],
                    model: str, *, text_field: str = "text", id_field: str = "id",
                    batch_size: int = 64, source: Any = "<records>",
-                   progress: Callable[[int], None] | None = None,
-                   backoff: Backoff | None = None) -> IngestResult:
-    """Embed and upsert records batch by batch; ids already in the collection are skipped.
+                   progress: Callable[[int], None] | None = None, backoff: Backoff | None = None,
+                   on_duplicate: str = "last") -> IngestResult:
+    """Embed and upsert records batch by batch: new ids are added, stored points whose payload
+    differs (the text changed) are updated, identical ones skipped.
 
-    A malformed record raises :class:`InputError` naming its line before its batch is written.
-    Calls to Qdrant that fail transiently are retried with ``backoff`` (upserts of
-    deterministic ids are idempotent); after the last attempt :class:`ServiceError` is raised.
+    ``numbered`` is read twice, so give a function that returns a fresh iterator (or a list;
+    another iterable is read into one): the first pass checks every record and resolves
+    duplicates (:func:`plan_input`), so a bad line or ``on_duplicate="fail"`` writes nothing,
+    and the points written do not depend on ``batch_size``. A collection built with another
+    embedder is refused before anything is written. Calls to Qdrant that fail transiently are
+    retried with ``backoff`` (upserts of deterministic ids are idempotent); after the last
+    attempt :class:`ServiceError` is raised.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if on_duplicate not in ON_DUPLICATE:
+        raise InputError(f"on_duplicate must be one of {ON_DUPLICATE}, got {on_duplicate!r}")
+    if not callable(numbered):
+        numbered = numbered if isinstance(numbered, (list, tuple)) else list(numbered)
+    read = numbered if callable(numbered) else lambda: numbered
+    plan = plan_input(read(), source, text_field, id_field, on_duplicate)
     ensure_collection(client, collection, model, backoff)
-    result = IngestResult()
-    for batch in batched(numbered, batch_size):
-        rows = [_checked(source, n, record, text_field) for n, record in batch]
-        ids = [point_id(row, row[text_field], id_field) for row in rows]
-        where = f"{source}:{batch[0][0]}-{batch[-1][0]}"
-        existing = {str(r.id) for r in retry_call(
-            client.retrieve, collection, ids, with_payload=False, backoff=backoff,
-            what=f"reading the ids of {where}")}
-        fresh = {i: row for i, row in zip(ids, rows, strict=True) if i not in existing}
-        if fresh:
-            retry_call(client.upsert, collection, [models.PointStruct(
-                id=i, vector=models.Document(text=row[text_field], model=model), payload=row)
-                for i, row in fresh.items()], wait=True, backoff=backoff,
-                what=f"writing {where}")
-        result.added += len(fresh)
-        result.skipped += len(rows) - len(fresh)
+    result = IngestResult(duplicates=plan.duplicates, on_duplicate=on_duplicate)
+    for batch in batched(_kept(read(), plan, source, text_field, id_field, progress), batch_size):
+        _write_batch(client, collection, batch, model, result, source, id_field, backoff)
         if progress is not None:
             progress(len(batch))
     return result
+
+
+def _kept(numbered: Iterable[tuple[int, Any]], plan: _Plan, source: Any, text_field: str,
+          id_field: str, progress: Callable[[int], None] | None) -> Iterator[tuple]:
+    """(line, point id, row, text) of the lines that write their point; the others are counted."""
+    for number, record in numbered:
+        row = _checked(source, number, record, text_field)
+        pid = point_id(row, row[text_field], id_field)
+        if plan.keep.get(pid) == number:
+            yield number, pid, row, row[text_field]
+        elif progress is not None:
+            progress(1)
+
+
+def _write_batch(client: QdrantClient, collection: str, batch: list[tuple], model: str,
+                 result: IngestResult, source: Any, id_field: str, backoff: Backoff | None) -> None:
+    where = f"{source}:{batch[0][0]}-{batch[-1][0]}"
+    stored = {str(r.id): r.payload for r in retry_call(
+        client.retrieve, collection, [pid for _, pid, _, _ in batch], with_payload=True,
+        backoff=backoff, what=f"reading the ids of {where}")}
+    fresh = []
+    for number, pid, row, text in batch:
+        if pid in stored and stored[pid] == row:
+            result.skipped += 1
+            continue
+        if pid in stored and not _same_id((stored[pid] or {}).get(id_field), row.get(id_field)):
+            raise InputError(f"{source}:{number}: point {pid} holds the record with {id_field} "
+                             f"{(stored[pid] or {}).get(id_field)!r}; this line's {id_field} "
+                             f"{row.get(id_field)!r} is equal to it only as a string: use one type "
+                             "for ids")
+        result.updated += pid in stored
+        result.added += pid not in stored
+        fresh.append(models.PointStruct(id=pid, vector=models.Document(text=text, model=model),
+                                        payload=row))
+    if fresh:
+        retry_call(client.upsert, collection, fresh, wait=True, backoff=backoff,
+                   what=f"writing {where}")
 
 
 def hits_table(hits: list, text_field: str = "text", width: int = 60) -> str:

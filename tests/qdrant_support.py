@@ -56,3 +56,49 @@ def brute_force(embedder, reranker, query: str, ids: list[int], top_k: int, limi
     scores = reranker.score(query, [texts[j] for j in cands], rerank_instruction)
     ranked = sorted(range(len(cands)), key=lambda j: -scores[j])[offset: offset + limit]
     return [ids[cands[j]] for j in ranked], [float(scores[j]) for j in ranked]
+
+
+class Synced:
+    """An ``AsyncQdrantClient`` called like the sync client: its coroutines run on one event
+    loop in a thread of its own; its synchronous methods run in the caller's thread."""
+
+    def __init__(self, client) -> None:
+        import asyncio
+        import threading
+
+        self.client = client
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def __getattr__(self, name: str):
+        import asyncio
+        import functools
+        import inspect
+
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            out = attr(*args, **kwargs)
+            if inspect.isawaitable(out):
+                return asyncio.run_coroutine_threadsafe(out, self.loop).result()
+            return out
+
+        return call
+
+    def close(self) -> None:
+        self.__getattr__("close")()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+
+def open_client(kind: str, *args, **kwargs):
+    """The plugin's sync client, or its async client behind :class:`Synced` (kind "async")."""
+    from embedrank.plugin import AsyncQdrantClient, QdrantClient
+
+    if kind == "sync":
+        return QdrantClient(*args, **kwargs)
+    return Synced(AsyncQdrantClient(*args, **kwargs))

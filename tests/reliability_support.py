@@ -123,6 +123,8 @@ class FlakyQdrant:
             spec = models.CreateCollection.model_validate(body)
             return ok(db.create_collection(name, vectors_config=spec.vectors,
                                            metadata=spec.metadata))
+        if (method, rest) == ("DELETE", ""):
+            return ok(db.delete_collection(name))
         if (method, rest) == ("PATCH", ""):
             return ok(db.update_collection(name, metadata=body.get("metadata")))
         if (method, rest) == ("POST", "/points"):

@@ -68,8 +68,7 @@ def test_ingest_csv_ids_from_text(tmp_path, embedder_dir):
     assert set(records) == {point_id({}, r["text"], "id") for r in CORPUS[:5]}
 
 
-def test_malformed_line_names_it_and_writes_nothing_of_its_batch(tmp_path, jsonl,
-                                                                 embedder_dir):
+def test_malformed_line_names_it_and_writes_nothing(tmp_path, jsonl, embedder_dir):
     lines = jsonl.read_text().splitlines()
     lines[5] = '{"id": "broken", "text": '
     jsonl.write_text("\n".join(lines) + "\n")
@@ -77,7 +76,11 @@ def test_malformed_line_names_it_and_writes_nothing_of_its_batch(tmp_path, jsonl
               "--batch-size", 4, ok=False)
     assert out.exit_code == 1
     assert "corpus.jsonl:6" in out.output and "invalid JSON" in out.output
-    assert len(stored(tmp_path / "db")) == 4  # the first batch; lines 5-8 are not written
+    client = QdrantClient(path=str(tmp_path / "db"))
+    try:  # every line is checked before anything is written, the collection included
+        assert not client.collection_exists("docs")
+    finally:
+        client.close()
     lines[5] = json.dumps({"id": "fixed"})
     jsonl.write_text("\n".join(lines) + "\n")
     out = run("ingest", "docs", jsonl, "--embedder", embedder_dir, "--path", tmp_path / "db",
@@ -99,6 +102,11 @@ def test_query_prints_a_reranked_table(tmp_path, jsonl, embedder_dir, reranker_d
         assert cells[1] == point_id(CORPUS[i], CORPUS[i]["text"], "id")
         assert float(cells[2]) == pytest.approx(score, abs=6e-5)
         assert CORPUS[i]["text"].startswith(" ".join(cells[3:]).rstrip("…")[:40])
+    client = QdrantClient(path=str(db))
+    try:  # --reranker is for that query only: the collection records nothing
+        assert client.collection_reranker("docs") is None
+    finally:
+        client.close()
 
 
 def test_demo_runs_end_to_end(tmp_path, embedder_dir, reranker_dir):

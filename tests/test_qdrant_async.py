@@ -44,7 +44,7 @@ async def test_async_upsert_and_reranked_query(embedder, reranker):
     stored = sorted(await client.retrieve("docs", ALL, with_vectors=True), key=lambda r: r.id)
     np.testing.assert_allclose([r.vector for r in stored], embedder.embed_documents(TEXTS),
                                atol=1e-6)
-    client.set_reranker("docs", reranker)
+    await client.set_reranker("docs", reranker)
     hits = (await client.query_points("docs", query=doc(), limit=10)).points
     ids, scores = brute_force(embedder, reranker, QUERY, ALL, 100, 10)
     assert [h.id for h in hits] == ids
@@ -74,7 +74,7 @@ async def test_model_calls_run_off_the_event_loop(embedder, reranker, monkeypatc
         monkeypatch.setattr(obj, method, spy)
     client = AsyncQdrantClient(":memory:")
     await make(client)
-    client.set_reranker("docs", reranker)
+    await client.set_reranker("docs", reranker)
     ticks = 0
 
     async def ticker():

@@ -1,4 +1,5 @@
-"""embedrank.plugin.QdrantClient in memory: embedding, reranking, filters, instructions."""
+"""embedrank.plugin.QdrantClient and AsyncQdrantClient in memory: embedding, reranking,
+filters, instructions (every test runs on both clients)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from qdrant_support import (
     brute_force,
     first_stage,
     make_collection,
+    open_client,
     points,
 )
 
 from embedrank.errors import InputError
-from embedrank.plugin import Embedder, QdrantClient, Reranker, register_embedder
+from embedrank.plugin import Embedder, Reranker, register_embedder
 
 ALL = list(range(len(CORPUS)))
 INSTRUCTION = "Given a trivia question, find the passage that states the fact"
@@ -38,9 +40,14 @@ def model(embedder):
     return "test-embedder"
 
 
+@pytest.fixture(params=["sync", "async"])
+def kind(request):
+    return request.param
+
+
 @pytest.fixture
-def client(model, reranker):
-    client = QdrantClient(":memory:")
+def client(model, reranker, kind):
+    client = open_client(kind, ":memory:")
     make_collection(client)
     client.upsert("docs", points(model))
     client.set_reranker("docs", reranker)
@@ -167,9 +174,9 @@ def test_set_reranker_instruction(client, embedder, reranker):
     assert [h.id for h in hits] == ids
 
 
-def test_collection_default_instruction(embedder):
+def test_collection_default_instruction(embedder, kind):
     register_embedder("instructed", embedder, instruction=INSTRUCTION)
-    client = QdrantClient(":memory:")
+    client = open_client(kind, ":memory:")
     make_collection(client, "c")
     client.upsert("c", points("instructed"))
     assert client.collection_models("c")[""].instruction == INSTRUCTION

@@ -14,6 +14,7 @@ from qdrant_support import (
     brute_force,
     first_stage,
     make_collection,
+    open_client,
     other_fingerprint_dir,
     points,
 )
@@ -45,9 +46,14 @@ def names(embedder, small):
     register_embedder("e32", small)
 
 
+@pytest.fixture(params=["sync", "async"])
+def kind(request):
+    return request.param
+
+
 @pytest.fixture
-def client():
-    client = QdrantClient(":memory:")
+def client(kind):
+    client = open_client(kind, ":memory:")
     yield client
     client.close()
 
@@ -66,7 +72,7 @@ def test_issue_snippet_runs_as_written(tmp_path, monkeypatch, embedder_dir, rera
     text = CORPUS[3]["text"]
     # --- the snippet from the issue, with size=64 for the tiny test model
     from qdrant_client import models  # noqa: I001
-    from embedrank.plugin import QdrantClient, register_embedder
+    from embedrank.plugin import register_embedder
 
     register_embedder("docs-embedder", "models/embedder")   # a model name for models.Document
     client = QdrantClient(path="./db")                      # drop-in subclass
@@ -171,15 +177,16 @@ def test_update_vectors_and_batch_update_points(client, embedder):
         np.testing.assert_allclose(record.vector, embedder.embed_documents([new])[0], atol=1e-6)
 
 
-def test_mismatched_embedder_refused_before_writing_even_after_reopen(tmp_path, embedder_dir):
+def test_mismatched_embedder_refused_before_writing_even_after_reopen(tmp_path, embedder_dir,
+                                                                    kind):
     other = other_fingerprint_dir(embedder_dir, tmp_path / "other")
     register_embedder("other", other)
-    client = QdrantClient(path=str(tmp_path / "db"))
+    client = open_client(kind, path=str(tmp_path / "db"))
     make_collection(client)
     client.upsert("docs", points("e64", CORPUS[:5]))
     client.close()
 
-    client = QdrantClient(path=str(tmp_path / "db"))
+    client = open_client(kind, path=str(tmp_path / "db"))
     assert client.collection_models("docs")[""].embedder == "e64"
     stray = [models.PointStruct(id=50, vector=models.Document(text="x", model="other"))]
     with pytest.raises(CollectionMismatchError, match="fingerprint"):

@@ -88,7 +88,7 @@ async def test_async_client_under_concurrent_queries(shared):
         size=64, distance=models.Distance.COSINE))
     await client.upsert("docs", [models.PointStruct(id=i, payload={"text": t}, vector=models.
                         Document(text=t, model="tiny-conc")) for i, t in enumerate(TEXTS)])
-    client.set_reranker("docs", reranker, top_k=16)
+    await client.set_reranker("docs", reranker, top_k=16)
 
     async def one(i: int):
         response = await client.query_points("docs", query=models.Document(
