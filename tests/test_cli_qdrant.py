@@ -152,7 +152,6 @@ def test_query_needs_a_target(embedder_dir):
 def test_demo_offline_fails_fast_after_one_reachability_check(tmp_path, monkeypatch):
     import socket
 
-    from embedrank.cli import demo as demo_cli
 
     calls = []
 

@@ -32,7 +32,8 @@ def substitutions(tiny: Path) -> list[tuple[str, str]]:
         ("embedrank convert smollm2 models/smollm2", f"mkdir -p models && cp -r {tiny} models/smollm2"),
         ("Qwen/Qwen3-Embedding-0.6B", str(tiny)),
         ("bash scripts/test.sh     # set up .venv, then run the test suite (what CI runs)\n", ""),
-        ("bash scripts/demo.sh ", "bash scripts/demo.sh --embedder models/embedder --reranker models/reranker "),
+        ("bash scripts/demo.sh ",
+         "bash scripts/demo.sh --embedder models/embedder --reranker models/reranker "),
     ]
 
 
