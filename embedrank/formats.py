@@ -184,9 +184,12 @@ def encode_text(tokenizer, texts: Sequence[str], add_special_tokens: bool = Fals
     pattern = None if raw_control_tokens else _pattern(control_strings(tokenizer))
     if pattern is None:
         return out
+    # tokens matched after normalization (none in Qwen3's tokenizer) are looked for there too
+    normalized = _pattern(tuple(t.content for t in tokenizer.get_added_tokens_decoder().values()
+                                if t.normalized)) if tokenizer.normalizer is not None else None
     before, after = _wrapper(tokenizer) if add_special_tokens else ([], [])
     for i, text in enumerate(texts):
-        if pattern.search(text) or (tokenizer.normalizer is not None and pattern.search(
+        if pattern.search(text) or (normalized is not None and normalized.search(
                 tokenizer.normalizer.normalize_str(text))):
             out[i] = before + _plain_ids(tokenizer, text) + after
     return out

@@ -162,5 +162,5 @@ def test_calibration_file(tmp_path):
     with pytest.raises(InputError, match="cal.jsonl:2"):
         read_calibration_texts(path)
     path.write_text("{not json\n")
-    with pytest.raises(InputError, match="cal.jsonl:1: not JSON"):
+    with pytest.raises(InputError, match=r"cal.jsonl:1: invalid JSON \(.* at column 2\)"):
         read_calibration_texts(path)
