@@ -227,6 +227,12 @@ class CollectionState:
             out[vector_name] = mine
         return out
 
+    def claims_of(self, records: dict[str, ModelRecord]) -> list[str]:
+        """The claim keys on these vectors of writers of the same models (live, or left behind
+        by a writer that died or whose answer was lost); the record replaces them."""
+        return [claim_key(name, nonce) for name, mine in records.items()
+                for nonce, claim in self.claims.get(name, {}).items() if _same_model(claim, mine)]
+
     def default_instruction(self, vector_name: str, model_name: str) -> str | None:
         """The collection's query instruction for a vector: its record, else the registration's."""
         record = self.records.get(vector_name)

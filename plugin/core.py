@@ -126,8 +126,9 @@ def ensure_records(collection: str, regs: dict[str, Registration]) -> Op:
     applies updates one at a time and key by key (a ``None`` value removes a key). A writer that
     finds no record (1) adds a claim under a key of its own, (2) reads again, and (3) refuses
     if another embedder's record or claim is there now, else (4) writes the record and removes
-    its claim in one update. Of two writers with different embedders, the one that reads again
-    last sees the other's claim (or the record that replaced it), so at most one proceeds.
+    its claim in one update (and the claims of its own model, which the record replaces). Of
+    two writers with different embedders, the one that reads again last sees the other's claim
+    (or the record that replaced it), so at most one proceeds.
     """
     if not regs:
         return None
@@ -136,16 +137,16 @@ def ensure_records(collection: str, regs: dict[str, Registration]) -> Op:
     if not new:
         return state
     nonce = uuid.uuid4().hex
-    claims = {claim_key(v, nonce): asdict(record) for v, record in new.items()}
-    yield update_metadata(collection, claims)
+    mine = [claim_key(v, nonce) for v in new]
+    yield update_metadata(collection, {claim_key(v, nonce): asdict(r) for v, r in new.items()})
     state = yield from read_state(collection)
     try:
         records = state.confirm(new, nonce)
     except CollectionMismatchError:
-        yield update_metadata(collection, dict.fromkeys(claims))
+        yield update_metadata(collection, dict.fromkeys(mine))
         raise
     yield update_metadata(collection, {**{meta_key(v): asdict(r) for v, r in records.items()},
-                                       **dict.fromkeys(claims)})
+                                       **dict.fromkeys([*mine, *state.claims_of(new)])})
     return state
 
 

@@ -239,3 +239,27 @@ def test_a_stale_view_or_a_recreated_collection_is_not_trusted():
     assert sorted(r.payload["model"] for r in stored) == [Y, Y]
     TALLY.add("embedder", "stale view, collection deleted and recreated by someone else", cases,
               cases, 0, "refused against the state now")
+
+
+def test_a_claim_left_by_a_dead_writer():
+    from dataclasses import asdict
+
+    from embedrank.plugin.collections import ModelRecord, claim_key
+
+    client = QdrantClient(":memory:")
+    create(client)
+    dead_y = claim_key("", "dead1")
+    client.update_collection("docs", metadata={dead_y: asdict(ModelRecord.of(registration(Y)))})
+    with pytest.raises(CollectionMismatchError, match=rf"another writer is recording embedder "
+                                                      rf"'one-y'.*'{dead_y}': None"):
+        client.upsert("docs", [point(0, X)])
+    assert client.count("docs").count == 0
+    client.update_collection("docs", metadata={dead_y: None})  # as the message says
+    dead_x = claim_key("", "dead2")  # one of X's own: replaced by the record
+    client.update_collection("docs", metadata={dead_x: asdict(ModelRecord.of(registration(X2)))})
+    client.upsert("docs", [point(0, X)])
+    state = CollectionState.from_info("docs", client.get_collection("docs"))
+    assert state.records[""].embedder == X and not state.claims
+    client.close()
+    TALLY.add("embedder", "claim left by a dead writer: another embedder's, the same one's", 2, 2,
+              0, "refused with the fix; replaced")
