@@ -38,15 +38,17 @@ _DIR = click.Path(exists=True, file_okay=False)
               help='Write {"embed": {..}, "rerank": {..}} metrics as JSON.')
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
               help="Write a markdown report with a metrics chart into this directory.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where ONNX Runtime runs the models: cpu, cuda or cuda:N (needs onnxruntime-gpu).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(data, embedder, reranker, top_k, db, url, api_key, collection, split, instruction,
-             batch_size, run_out, json_out, report_dir, quiet) -> None:
+             batch_size, run_out, json_out, report_dir, device, quiet) -> None:
     """nDCG@10, Recall@k (k = --top-k) and MRR@10 on a BEIR folder: embed only, and embed + rerank."""
     from embedrank.beir import write_trec_run
     from embedrank.plugin.evaluate import EvalConfig, dataset_name, run_eval, table
 
     cfg = EvalConfig(top_k=top_k, split=split, instruction=instruction, batch_size=batch_size,
-                     collection=collection, progress=not quiet)
+                     collection=collection, progress=not quiet, device=device)
     result = run_eval(data, embedder, reranker, cfg, path=db, url=url, api_key=api_key,
                       log=lambda s: click.echo(f"eval: {s}", err=True))
     click.echo(f"{dataset_name(data)} ({split}), top-{top_k}")

@@ -152,11 +152,13 @@ def verify(model_dir, src, device, json_out) -> None:
 
 # Subcommands live in their own modules (heavy imports stay inside their functions).
 from embedrank.cli.bench import bench  # noqa: E402
+from embedrank.cli.convert import convert  # noqa: E402
 from embedrank.cli.data import data  # noqa: E402
 from embedrank.cli.eval import eval_cmd  # noqa: E402
+from embedrank.cli.mine import mine  # noqa: E402
 from embedrank.cli.ops import ops  # noqa: E402
 from embedrank.cli.qdrant import demo, ingest, query  # noqa: E402
 from embedrank.cli.train import merge, synth, train  # noqa: E402
 
-for _command in (ingest, query, demo, train, merge, synth, eval_cmd, bench, data, ops):
+for _command in (ingest, query, demo, convert, train, mine, merge, synth, eval_cmd, bench, data, ops):
     main.add_command(_command)

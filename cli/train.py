@@ -50,7 +50,7 @@ _COMMON = [
                  help="Token limit per training sequence."),
     click.option("--eval", "eval_file", type=click.Path(exists=True), default=None,
                  help="Held-out JSONL (ranks its own documents) or BEIR folder (test split vs the "
-                      "whole corpus): nDCG@10 / MRR@10 at checkpoints."),
+                      "whole corpus): nDCG@10 / Recall@100 / MRR@10 at checkpoints."),
     click.option("--save-every", type=int, default=0, show_default=True,
                  help="Checkpoint every N steps (0 = at the end only)."),
     click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT."),

@@ -22,6 +22,10 @@ class InputError(EmbedrankError, ValueError):
     """Bad user input (wrong type, empty text, malformed data line...)."""
 
 
+class TrainingError(EmbedrankError):
+    """A training run diverged (non-finite losses or gradients)."""
+
+
 class DeviceError(EmbedrankError):
     """The requested execution device is not available."""
 

@@ -28,6 +28,7 @@ from embedrank.plugin.core import batches
 from embedrank.plugin.ingest import ensure_collection, ingest_records, model_name, open_client
 from embedrank.plugin.qdrant import QdrantClient
 from embedrank.plugin.vectorizer import register_embedder
+from embedrank.runtime import Reranker
 
 STAGES = {"embed": "embed only", "rerank": "embed + rerank"}
 NDCG_AT, MRR_AT = 10, 10  # cut to k when fewer candidates are retrieved; recall is @k
@@ -45,6 +46,7 @@ class EvalConfig:
     batch_size: int = 64  # documents per upsert, queries per query_batch_points call
     collection: str = "embedrank-eval"
     progress: bool = True
+    device: str = "cpu"  # where ONNX Runtime runs both models: cpu, cuda, cuda:N
 
 
 @dataclass
@@ -131,7 +133,7 @@ def run_eval(data: str | os.PathLike, embedder: str | os.PathLike,
     corpus, queries, qrels = load_beir(data, cfg.split)
     texts = passages(corpus)
     name = model_name(embedder)
-    loaded = register_embedder(name, embedder)
+    loaded = register_embedder(name, embedder, device=cfg.device)
     seconds: dict[str, float] = {}
     client = open_client(path, url, api_key)
     try:
@@ -142,7 +144,8 @@ def run_eval(data: str | os.PathLike, embedder: str | os.PathLike,
         runs = {"embed": _timed(seconds, "embed", retrieve, client, cfg.collection, queries,
                                 name, cfg, rerank=False)}
         if reranker is not None:
-            client.set_reranker(cfg.collection, reranker, text_field=TEXT_FIELD, top_k=cfg.top_k)
+            model = Reranker.load(reranker, cfg.device)
+            client.set_reranker(cfg.collection, model, text_field=TEXT_FIELD, top_k=cfg.top_k)
             runs["rerank"] = _timed(seconds, "rerank", retrieve, client, cfg.collection,
                                     queries, name, cfg, rerank=True)
     finally:
@@ -152,7 +155,7 @@ def run_eval(data: str | os.PathLike, embedder: str | os.PathLike,
             "embedder": str(embedder), "embedder_source": loaded.manifest.source,
             "reranker": None if reranker is None else str(reranker), "dim": loaded.dim,
             "config": asdict(cfg), "seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "machine": machine()}
+            "device": cfg.device, "machine": machine(cfg.device)}
     return EvalResult({stage: score(run, qrels, cfg.top_k) for stage, run in runs.items()}, runs, info)
 
 
@@ -163,7 +166,7 @@ def _timed(seconds: dict[str, float], key: str, fn: Callable[..., Run], *args, *
     return out
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     """A one-line description of where the figures were measured."""
     import onnxruntime
 
@@ -174,7 +177,7 @@ def machine() -> str:
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
     return (f"{platform.system()} {cpu}, {os.cpu_count()} CPUs, onnxruntime "
-            f"{onnxruntime.__version__} (CPU)")
+            f"{onnxruntime.__version__} ({'CPU' if device == 'cpu' else device})")
 
 
 def metric_names(metrics: Mapping[str, Mapping[str, float]]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Held-out ranking quality of the torch modules: nDCG@10 / MRR@10 over an :class:`EvalSet`.
+"""Held-out ranking quality of the torch modules: nDCG@10 / Recall@100 / MRR@10 over an :class:`EvalSet`.
 
 The metric math is :mod:`embedrank.metrics` (torch-free, trec_eval conventions); this
 module only produces runs ``{qid: {docid: score}}``.
@@ -80,5 +80,6 @@ def top_k(run: Mapping[str, Mapping[str, float]], k: int) -> dict[str, list[str]
 
 
 def ranking_metrics(run, qrels) -> dict[str, float]:
-    """``{"ndcg@10": .., "mrr@10": ..}`` (means over the queries)."""
-    return evaluate(run, qrels, ndcg_at=(10,), recall_at=(), mrr_at=(10,))
+    """``{"ndcg@10": .., "recall@100": .., "mrr@10": ..}`` (means over the queries), the
+    figures ``embedrank eval`` reports."""
+    return evaluate(run, qrels, ndcg_at=(10,), recall_at=(100,), mrr_at=(10,))

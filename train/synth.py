@@ -322,7 +322,8 @@ class SynthConfig:
 
 
 def run_synth(cfg: SynthConfig, generate: Generate | None = None, encoder=None) -> dict[str, int]:
-    """Read files, synthesize, write ``cfg.out``; returns the counts (also in ``<out>.stats``)."""
+    """Read files, synthesize, write ``cfg.out``; returns the counts (also in
+    ``<out>.stats.json``); every LLM completion goes to ``<out>.raw.jsonl``."""
     passages = read_texts(cfg.corpus, "text")[:cfg.limit]
     personas = read_texts(cfg.personas, "persona") if cfg.personas else []
     if encoder is None and cfg.embedder:
@@ -330,6 +331,7 @@ def run_synth(cfg: SynthConfig, generate: Generate | None = None, encoder=None) 
     if generate is None:
         generate = HFGenerator(cfg.llm, gguf_file=cfg.gguf_file, device=cfg.device,
                                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    generate = _Recorder(generate)
     rows, stats = synthesize(passages, generate, task=cfg.task, personas=personas,
                              encoder=encoder, min_cosine=cfg.min_cosine, language=cfg.language,
                              negatives=cfg.negatives, seed=cfg.seed)
@@ -340,4 +342,21 @@ def run_synth(cfg: SynthConfig, generate: Generate | None = None, encoder=None) 
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     stats_path = out.with_name(out.name + ".stats.json")
     stats_path.write_text(json.dumps({"config": asdict(cfg), **stats}, indent=2))
+    with out.with_name(out.name + ".raw.jsonl").open("w", encoding="utf-8") as fh:
+        for row in generate.rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return stats
+
+
+class _Recorder:
+    """Passes prompts to the LLM and keeps every completion (``<out>.raw.jsonl``: what the LLM
+    answered, parsed or not, to see why completions were skipped)."""
+
+    def __init__(self, generate: Generate) -> None:
+        self.generate = generate
+        self.rows: list[dict] = []
+
+    def __call__(self, prompts: list[str]) -> list[str]:
+        texts = self.generate(prompts)
+        self.rows += [{"prompt": p, "completion": t} for p, t in zip(prompts, texts, strict=True)]
+        return texts

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from embedrank.errors import InputError
+from embedrank.errors import InputError, TrainingError
 from embedrank.outputs import check_no_overlap
 from embedrank.train.data import Batcher, EvalSet, Group, load_examples, text_id
 from embedrank.train.evaluate import autocast, embedder_run, ranking_metrics, reranker_run
@@ -31,6 +31,8 @@ from embedrank.train.modeling import Embedder, Reranker
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "train_log.jsonl"
+MAX_BAD_STEPS = 10  # consecutive non-finite steps before the run stops
+SKIPPED = "skipped: non-finite loss or gradient, weights unchanged"
 
 
 def _opt(default, help: str):
@@ -65,7 +67,7 @@ class TrainConfig:
     lora_alpha: int = _opt(32, "LoRA alpha.")
     max_length: int = _opt(512, "Token limit per sequence during training.")
     chunk_size: int = _opt(0, "GradCache chunk (embedder): >0 trades compute for memory.")
-    eval: str | None = _opt(None, "Held-out JSONL (same format): nDCG@10 / MRR@10 at "
+    eval: str | None = _opt(None, "Held-out JSONL (same format): nDCG@10 / Recall@100 / MRR@10 at "
                                   "checkpoints, ranking all its documents.")
     save_every: int = _opt(0, "Checkpoint (and eval) every N steps; 0 = only at the end.")
     resume: bool = _opt(False, "Continue from the latest checkpoint-<step> in out.")
@@ -79,7 +81,7 @@ class TrainResult:
     out: Path
     steps: int
     losses: list[float]
-    evals: list[dict]  # {"step": n, "ndcg@10": .., "mrr@10": ..}
+    evals: list[dict]  # {"step": n, "ndcg@10": .., "recall@100": .., "mrr@10": ..}
 
 
 # --------------------------------------------------------------------------- model setup
@@ -222,6 +224,21 @@ def _log(out: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def _apply(params: list[Tensor], opt, sched, cfg: TrainConfig, loss: float) -> bool:
+    """Average the accumulated gradients, clip them and step; when the loss or the gradient norm
+    is not finite nothing is applied (the schedule still advances) and False is returned."""
+    for p in params:
+        if p.grad is not None:
+            p.grad /= cfg.grad_accum
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+    applied = math.isfinite(loss) and bool(torch.isfinite(norm))
+    if applied:
+        opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return applied
+
+
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -267,6 +284,7 @@ def train(kind: str, cfg: TrainConfig) -> TrainResult:
     bar = tqdm(total=total, initial=step, desc=f"train {kind}", disable=not cfg.progress)
     if step == 0:
         checkpoint()  # the baseline figures
+    bad = 0  # consecutive steps skipped for a non-finite loss or gradient
     while step < total:
         start, seen, loss_sum = time.perf_counter(), 0, 0.0
         for _ in range(cfg.grad_accum):
@@ -277,19 +295,20 @@ def train(kind: str, cfg: TrainConfig) -> TrainResult:
                 loss.backward()
             loss_sum += loss.item()
             seen += len(groups)
-        for p in params:
-            if p.grad is not None:
-                p.grad /= cfg.grad_accum
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        loss_avg = loss_sum / cfg.grad_accum
+        applied = _apply(params, opt, sched, cfg, loss_avg)
         step += 1
-        loss_avg, speed = loss_sum / cfg.grad_accum, seen / (time.perf_counter() - start)
+        bad = 0 if applied else bad + 1
+        if bad >= MAX_BAD_STEPS:
+            raise TrainingError(f"{bad} steps in a row up to step {step} had a non-finite loss "
+                                "or gradient: lower --lr or raise --temperature (check bf16 "
+                                "with --device cpu, which trains in fp32)")
+        speed = seen / (time.perf_counter() - start)
         result.losses.append(loss_avg)
         _log(out, {"step": step, "loss": loss_avg, "lr": sched.get_last_lr()[0],
-                   "examples_per_s": speed})
+                   "examples_per_s": speed, **({} if applied else {"skipped": SKIPPED})})
+        if not applied:
+            bar.write(f"step {step}: {SKIPPED}")
         bar.set_postfix(loss=f"{loss_avg:.4f}", ex_s=f"{speed:.1f}")
         bar.update()
         if (cfg.save_every and step % cfg.save_every == 0) or step == total:

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Device side of the Debian training run (docs/training.md), for the lent GPU machine.
+# The inputs travel in pieces (64 MiB per call) under .devcarry/ (ignored by git):
+#   bash benchmarks/debian_gpu.sh stage     keep the carried pieces in /tmp/stage (one call each)
+#   bash benchmarks/debian_gpu.sh start     install, then run benchmarks/debian_pipeline.sh in
+#                                           the background (it outlives the call while the
+#                                           machine stays warm)
+#   bash benchmarks/debian_gpu.sh poll N    wait up to N s for the run; results -> $OUT
+# Pieces (`INPUTS=DIR bash benchmarks/debian_gpu.sh pack` here; DIR holds smollm2.gguf, minilm/,
+# debian/ (benchmarks/debian_beir.py), whl/ (qdrant-client, gguf and the dependencies the machine
+# lacks) and ort.whl (onnxruntime-gpu 1.31.1, for `embedrank eval --device cuda`)):
+#   .devcarry/c1  gguf.part0, data.tar.xz, whl/      .devcarry/c2  gguf.part1, src.tgz (this tree)
+#   .devcarry/c3  minilm/                            .devcarry/o0..o4  ort.part0..4
+# Calls (each carrying .devcarry/gpu.sh, a copy of this script, and the pieces named):
+#   `bash .devcarry/gpu.sh stage` with c1, again with c2, `... start` with c3, then
+#   `... poll 5` with each of o0..o4 while the run goes on, then `... poll 540` until DONE.
+set -uo pipefail
+S=/tmp/stage W=/tmp/w
+mkdir -p "$S" "$W"
+case "${1:-}" in
+pack)  # here, not on the device
+  in=${INPUTS:?set INPUTS}; dst=${DEST:-.devcarry}
+  rm -rf "$dst"; mkdir -p "$dst/c1" "$dst/c2" "$dst/c3"
+  split -b 49M -d -a 1 "$in/smollm2.gguf" "$dst/c1/gguf.part" && mv "$dst/c1/gguf.part1" "$dst/c2/"
+  tar cJf "$dst/c1/data.tar.xz" -C "$in" debian && cp -r "$in/whl" "$dst/c1/"
+  git ls-files -co --exclude-standard -z | tar czf "$dst/c2/src.tgz" --null -T -
+  cp -r "$in/minilm" "$dst/c3/" && cp benchmarks/debian_gpu.sh "$dst/gpu.sh"
+  split -b 52M -d -a 1 "$in/ort.whl" "$dst/ort.part"
+  for p in "$dst"/ort.part*; do mkdir -p "$dst/o${p##*part}"; mv "$p" "$dst/o${p##*part}/"; done
+  du -sh "$dst"/*
+  ;;
+stage)
+  for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
+  ls -la "$S"
+  ;;
+start)
+  for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
+  mkdir -p "$W/src" && tar xzf "$S/src.tgz" -C "$W/src" && tar xJf "$S/data.tar.xz" -C "$W"
+  cat "$S"/gguf.part* > "$W/smollm2.gguf" && cp -r "$S/minilm" "$W/minilm" || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$S"/whl/*.whl \
+    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site \
+       "$W/src" || exit 1
+  cd "$W/src" && setsid nohup bash benchmarks/debian_pipeline.sh > "$W/pipeline.log" 2>&1 \
+    < /dev/null & disown
+  sleep 20; cat "$W/pipeline.log"
+  ;;
+poll)
+  end=$((SECONDS + ${2:-60}))
+  while [ $SECONDS -lt $end ] && [ ! -f "$W/DONE" ]; do sleep 5; done
+  for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done  # ort pieces ride along
+  tail -n 25 "$W/pipeline.log"; cat "$W/times.jsonl" 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+  [ -n "${OUT:-}" ] && (cd "$W" && tar czf "$OUT/results.tgz" results logs times.jsonl pipeline.log 2>/dev/null)
+  ;;
+*) echo "usage: $0 pack|stage|start|poll [SECONDS]"; exit 2 ;;
+esac
