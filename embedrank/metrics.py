@@ -110,14 +110,8 @@ def per_query(
     return out
 
 
-def evaluate(
-    run: Run,
-    qrels: Qrels,
-    ndcg_at: Iterable[int] = (10,),
-    recall_at: Iterable[int] = (100,),
-    mrr_at: Iterable[int] = (10,),
-    complete: bool = False,
-) -> dict[str, float]:
+def evaluate(run: Run, qrels: Qrels, ndcg_at: Iterable[int] = (10,), recall_at: Iterable[int] = (100,),
+             mrr_at: Iterable[int] = (10,), complete: bool = False) -> dict[str, float]:
     """Mean of each metric over the evaluated queries: ``{"ndcg@10": .., "recall@100": ..}``.
 
     Returns 0.0 for every metric when no query is evaluated (trec_eval prints nothing then).
