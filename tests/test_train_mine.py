@@ -44,6 +44,26 @@ def test_fewer_candidates_than_asked_and_bad_arguments():
         pick_negatives(SCORES, [0], 3, 2, 0.95, random.Random(0))
 
 
+def _reference(scores, positives, depth, max_ratio):
+    """The rule spelled out: walk the full ranking, skip positives and near-duplicates."""
+    best = max(scores[p] for p in positives)
+    ceiling = max_ratio * best if best > 0 else np.inf
+    ranked = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+    return [j for j in ranked if j not in positives and scores[j] < ceiling][:depth]
+
+
+@pytest.mark.parametrize("max_ratio", [0.95, 0.5, 10.0])
+def test_matches_the_full_ranking_on_a_large_pool(max_ratio):
+    # a compressed score range (an early checkpoint: most documents within 5% of the positive)
+    # once made the selection walk tens of thousands of documents per query in Python
+    rng = np.random.default_rng(0)
+    scores = 0.9 + 0.1 * rng.random(20000)
+    for positive in (int(np.argmax(scores)), 123, int(np.argmin(scores))):
+        want = _reference(scores, [positive], 30, max_ratio)
+        got = pick_negatives(scores, [positive], 30, 30, max_ratio, random.Random(0))
+        assert got == want
+
+
 ROWS = [
     {"query": "capital of france", "pos": ["Paris is the capital of France."]},
     {"query": "how do bees make honey", "pos": ["Bees turn flower nectar into honey."]},

@@ -37,12 +37,12 @@ def pick_negatives(scores: np.ndarray, positives: Sequence[int], negatives: int,
     pos = set(positives)
     best = max((float(scores[p]) for p in pos), default=0.0)
     ceiling = max_ratio * best if best > 0 else np.inf  # a ratio of a negative score means nothing
-    candidates = []
-    for j in np.argsort(-scores, kind="stable"):
-        if len(candidates) >= depth:
-            break
-        if int(j) not in pos and scores[j] < ceiling:
-            candidates.append(int(j))
+    allowed = scores < ceiling
+    allowed[list(pos)] = False
+    idx = np.flatnonzero(allowed)  # vectorized: no Python loop over the pool (58k x 60k: seconds)
+    if len(idx) > depth:
+        idx = idx[np.argpartition(-scores[idx], depth - 1)[:depth]]
+    candidates = [int(j) for j in idx[np.lexsort((idx, -scores[idx]))]]  # best first, ties by index
     chosen = set(rng.sample(candidates, min(negatives, len(candidates))))
     return [j for j in candidates if j in chosen]
 
