@@ -14,6 +14,8 @@
 # Calls (each carrying .devcarry/gpu.sh, a copy of this script, and the pieces named):
 #   `bash .devcarry/gpu.sh stage` with c1, again with c2, `... start` with c3, then
 #   `... poll 5` with each of o0..o4 while the run goes on, then `... poll 540` until DONE.
+# Settings of the run (EMB_STEPS, RR_STEPS, RR_NEG, SYNTH_N: see debian_pipeline.sh) go in
+# front of `start`.
 set -uo pipefail
 S=/tmp/stage W=/tmp/w
 mkdir -p "$S" "$W"
@@ -38,7 +40,7 @@ start)
   mkdir -p "$W/src" && tar xzf "$S/src.tgz" -C "$W/src" && tar xJf "$S/data.tar.xz" -C "$W"
   cat "$S"/gguf.part* > "$W/smollm2.gguf" && cp -r "$S/minilm" "$W/minilm" || exit 1
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$S"/whl/*.whl \
-    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site \
+    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site \
        "$W/src" || exit 1
   cd "$W/src" && setsid nohup bash benchmarks/debian_pipeline.sh > "$W/pipeline.log" 2>&1 \
     < /dev/null & disown
@@ -48,8 +50,10 @@ poll)
   end=$((SECONDS + ${2:-60}))
   while [ $SECONDS -lt $end ] && [ ! -f "$W/DONE" ]; do sleep 5; done
   for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done  # ort pieces ride along
-  tail -n 25 "$W/pipeline.log"; cat "$W/times.jsonl" 2>/dev/null; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
-  [ -n "${OUT:-}" ] && (cd "$W" && tar czf "$OUT/results.tgz" results logs times.jsonl pipeline.log 2>/dev/null)
+  tail -n 25 "$W/pipeline.log"; cat "$W/times.jsonl" 2>/dev/null
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+  [ -n "${OUT:-}" ] && (cd "$W" && tar czf "$OUT/results.tgz" results logs times.jsonl \
+    pipeline.log 2>/dev/null)
   ;;
 *) echo "usage: $0 pack|stage|start|poll [SECONDS]"; exit 2 ;;
 esac

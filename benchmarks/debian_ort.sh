@@ -16,5 +16,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ortgpu
 nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
 libs=$(find "$nv" -name 'lib*.so*' -printf '%h\n' | sort -u | paste -sd:)
 echo "PYTHONPATH=/tmp/ortgpu:/tmp/site LD_LIBRARY_PATH=$libs" > "$W/ort.env"
-env $(cat "$W/ort.env") python3 -c \
-  'import onnxruntime as o; p = o.get_available_providers(); print(o.__version__, p); assert "CUDAExecutionProvider" in p'
+env $(cat "$W/ort.env") python3 -c 'import onnxruntime as o; p = o.get_available_providers()
+print(o.__version__, p); assert "CUDAExecutionProvider" in p'

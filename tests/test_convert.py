@@ -43,7 +43,7 @@ def _rope_permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_llama_gguf(path: Path, seed: int = 0):
+def write_tiny_llama_gguf(path: Path, seed: int = 0, context: int = 256):
     """A random 2-layer llama as F32 GGUF with a small byte-level BPE; returns the torch model."""
     import gguf
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -52,14 +52,14 @@ def write_tiny_llama_gguf(path: Path, seed: int = 0):
     eot, im_end = len(tokens) - 3, len(tokens) - 1
     config = LlamaConfig(vocab_size=len(tokens), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
                          num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                         num_key_value_heads=KV_HEADS, max_position_embeddings=256,
+                         num_key_value_heads=KV_HEADS, max_position_embeddings=context,
                          tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0,
                          bos_token_id=eot, eos_token_id=im_end, initializer_range=0.2)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(LAYERS)
-    w.add_context_length(256)
+    w.add_context_length(context)
     w.add_embedding_length(HIDDEN)
     w.add_feed_forward_length(2 * HIDDEN)
     w.add_head_count(HEADS)
