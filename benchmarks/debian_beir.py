@@ -112,10 +112,11 @@ def build(records: list[dict], test_queries: int, seed: int, max_sources: int,
         sources_of[r["synopsis"].lower()].add(r["source"])
     generic = {s for s, srcs in sources_of.items() if len(srcs) > max_sources}
     units, docs, qrels = _Units(), {}, defaultdict(set)
-    queries = {}
+    queries, doc_sources = {}, defaultdict(set)
     for r in records:
         did = _hid("d", r["text"])
         docs[did] = r["text"]
+        doc_sources[did].add(r["source"])
         units.join("s:" + r["source"], did)
         if r["synopsis"].lower() in generic:
             continue
@@ -136,8 +137,10 @@ def build(records: list[dict], test_queries: int, seed: int, max_sources: int,
             test += by_unit[unit]
     test_set = set(test)
     split = {"test": sorted(test_set), "train": sorted(q for q in qrels if q not in test_set)}
+    sides = [{src for q in qids for d in qrels[q] for src in doc_sources[d]}
+             for qids in split.values()]
     return {"docs": docs, "queries": queries, "qrels": qrels, "split": split,
-            "generic": len(generic), "packages": len(records)}
+            "generic": len(generic), "packages": len(records), "straddling": len(set.intersection(*sides))}
 
 
 def write(data: dict, out: Path) -> dict:
@@ -162,7 +165,8 @@ def write(data: dict, out: Path) -> dict:
              "queries": len(data["qrels"]), "generic_synopses_dropped": data["generic"],
              **{f"{k}_queries": len(v) for k, v in data["split"].items()},
              **{f"{k}_pairs": sum(len(data["qrels"][q]) for q in v)
-                for k, v in data["split"].items()}}
+                for k, v in data["split"].items()},
+             "sources_in_both_splits": data["straddling"]}
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats
 
