@@ -164,3 +164,25 @@ def test_bad_options_fail_with_a_message(small_beir, embedder_dir) -> None:
     res = CliRunner().invoke(main, ["eval", "--data", str(small_beir), "--embedder",
                                     str(embedder_dir), "--top-k", "0"])
     assert res.exit_code == 1 and "--top-k must be a positive integer" in res.output
+
+
+def test_device_option_reaches_both_models(small_beir, embedder_dir, reranker_dir,
+                                           monkeypatch) -> None:
+    import onnxruntime
+
+    from embedrank.plugin import evaluate as ev
+
+    loaded = []
+    real_load = ev.Reranker.load
+    monkeypatch.setattr(ev.Reranker, "load", classmethod(
+        lambda cls, path, device="cpu", **kw: loaded.append(device) or real_load(path, device)))
+    result = run_eval(small_beir, embedder_dir, reranker_dir,
+                      EvalConfig(top_k=5, progress=False, device="cpu"))
+    assert loaded == ["cpu"] and result.info["device"] == "cpu"
+    assert result.info["machine"].endswith("(CPU)")
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed: --device cuda would run")
+    res = CliRunner().invoke(main, ["eval", "--data", str(small_beir), "--embedder",
+                                    str(embedder_dir), "--device", "cuda"])
+    last = res.output.strip().splitlines()[-1]
+    assert res.exit_code == 1 and last.startswith("error: ") and "onnxruntime-gpu" in last
