@@ -42,6 +42,10 @@ class ServiceError(EmbedrankError):
     """Qdrant kept failing with transient errors (network, timeouts, overload) after retries."""
 
 
+class OverloadedError(EmbedrankError):
+    """The server's queue is full: the request was refused before any work (HTTP 503)."""
+
+
 class MissingDependencyError(EmbedrankError, ImportError):
     """An optional dependency is not installed."""
 
