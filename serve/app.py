@@ -78,6 +78,10 @@ class Server:
                 return JSONResponse({"error": str(exc)}, status_code=400)
             except OverloadedError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+            except Exception as exc:  # the model failed: Qdrant reports a 500 as a service error
+                log.exception("%s failed", request.url.path)
+                return JSONResponse({"error": f"the model failed ({type(exc).__name__}: {exc}); "
+                                              "see the server's log"}, status_code=500)
         return endpoint
 
     async def health(self, request: Request) -> Response:
@@ -125,7 +129,7 @@ def create_app(options: ServeOptions, served: ModelSet | None = None,
                upstream: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The Starlette app for ``options`` (models loaded from it unless ``served`` is given;
     ``upstream``: the transport to reach ``options.qdrant`` by, e.g. an in-process stand-in)."""
-    options.check()
+    options.check(models=served is None)
     served = served if served is not None else ModelSet.load(options)
     server = Server(options, served)
     routes = [

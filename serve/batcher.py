@@ -6,10 +6,11 @@ padded tokens reach ``batch_tokens``, runs them in a thread, and gives every req
 its own rows back once all of them are done (a large request spans several batches).
 
 Every row is padded to a width that depends on its own length only (:func:`bucket`: the next
-multiple of a quarter of its power of two, so at most 25% padding), and a forward pass only
-holds rows of one width. ONNX Runtime computes each row of a pass independently of the other
-rows and of their number, so a row's values depend on its tokens alone: a request gets the same
-bits whether it ran alone or merged with 63 others (tests/test_serve_batching.py).
+multiple of a quarter of its power of two, at least 8, so at most 25% or 7 tokens of padding),
+and a forward pass only holds rows of one width. ONNX Runtime computes each row of a pass
+independently of the other rows and of their number, so a row's values depend on its tokens
+alone: a request gets the same bits whether it ran alone or merged with 63 others
+(tests/test_serve_batching.py).
 
 Admission is bounded: past ``max_queue`` inputs waiting or running (all lanes together),
 ``submit_many`` raises :class:`OverloadedError` (the server answers 503) before queueing any.

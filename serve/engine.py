@@ -40,7 +40,7 @@ class Engine:
         raw = await self.batcher.submit_many([(j.model.lane, s) for j, s in zip(jobs, seqs, strict=True)])
         out = []
         for job, job_seqs, rows in zip(jobs, seqs, raw, strict=True):
-            self._count(job.model.name, job_seqs)
+            self._count(job.model.lane, job_seqs)
             out.append(Result(job.model.finish(rows, job.dim), [len(s) for s in job_seqs]))
         return out
 
@@ -49,7 +49,7 @@ class Engine:
         """P(yes) per document, as ``Reranker.score`` gives it."""
         seqs = await run_in_threadpool(model.encode, query, documents, instruction)
         (logits,) = await self.batcher.submit_many([(model.lane, seqs)])
-        self._count(model.name, seqs)
+        self._count(model.lane, seqs)
         return Result(model.finish(logits), [len(s) for s in seqs])
 
     def _count(self, name: str, seqs: list) -> None:

@@ -126,9 +126,10 @@ class Metrics:
                               ("route", "status"))
         self.latency = Histogram("embedrank_request_duration_seconds",
                                  "Time from request to response, by route.", ("route",))
-        self.inputs = Counter("embedrank_inputs_total", "Texts embedded or pairs scored, by model.",
+        self.inputs = Counter("embedrank_inputs_total", "Texts embedded or pairs scored, by model (lane).",
                               ("model",))
-        self.tokens = Counter("embedrank_tokens_total", "Tokens fed to the model, by model.", ("model",))
+        self.tokens = Counter("embedrank_tokens_total",
+                              "Tokens fed to the model (unpadded), by model (lane).", ("model",))
         self.batch_inputs = Histogram("embedrank_batch_size", "Inputs per merged batch, by model.",
                                       ("model",), SIZE_BUCKETS)
         self.batch_requests = Histogram("embedrank_batch_requests",

@@ -43,8 +43,9 @@ class ServeOptions:
     workers: int = DEFAULT_WORKERS
     threads: int | None = None  # ONNX Runtime intra-op threads per model (None: all cores)
 
-    def check(self) -> ServeOptions:
-        if not self.embedders and not self.rerankers:
+    def check(self, models: bool = True) -> ServeOptions:
+        """Raise :class:`InputError` for an unusable setting (``models``: need a model spec)."""
+        if models and not self.embedders and not self.rerankers:
             raise InputError("nothing to serve: give at least one --embedder NAME=DIR or "
                              "--reranker NAME=DIR")
         for kind, specs in (("embedder", self.embedders), ("reranker", self.rerankers)):
