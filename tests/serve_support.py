@@ -91,9 +91,17 @@ class StandInQdrant:
                           "query": request.url.query, "headers": dict(request.headers), "body": body})
         return json.loads(body) if body else None
 
+    def _missing(self, request: Request) -> JSONResponse | None:
+        """Qdrant's 404 for an unknown collection."""
+        name = request.path_params["name"]
+        if self.client.collection_exists(name):
+            return None
+        return JSONResponse({"status": {"error": f"Not found: Collection `{name}` doesn't exist!"},
+                             "time": 0.0}, status_code=404)
+
     async def collection(self, request: Request) -> JSONResponse:
         await self._record(request)
-        return _ok(_dump(self.client.get_collection(request.path_params["name"])))
+        return self._missing(request) or _ok(_dump(self.client.get_collection(request.path_params["name"])))
 
     def _query(self, name: str, body: dict) -> models.QueryResponse:
         r = models.QueryRequest.model_validate(body)
@@ -104,7 +112,7 @@ class StandInQdrant:
 
     async def query(self, request: Request) -> JSONResponse:
         body = await self._record(request)
-        return _ok(_dump(self._query(request.path_params["name"], body)))
+        return self._missing(request) or _ok(_dump(self._query(request.path_params["name"], body)))
 
     async def query_batch(self, request: Request) -> JSONResponse:
         body = await self._record(request)
