@@ -78,10 +78,10 @@ class Server:
                 return JSONResponse({"error": str(exc)}, status_code=400)
             except OverloadedError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
-            except Exception as exc:  # the model failed: Qdrant reports a 500 as a service error
+            except Exception as exc:  # e.g. the model failed: Qdrant reports a 500 as a service error
                 log.exception("%s failed", request.url.path)
-                return JSONResponse({"error": f"the model failed ({type(exc).__name__}: {exc}); "
-                                              "see the server's log"}, status_code=500)
+                return JSONResponse({"error": f"the server failed ({type(exc).__name__}: {exc}); "
+                                              "see its log"}, status_code=500)
         return endpoint
 
     async def health(self, request: Request) -> Response:

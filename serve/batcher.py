@@ -1,9 +1,10 @@
 """Dynamic batching across concurrent requests, by a token budget (as TEI's router does).
 
 Each model has a lane: a FIFO of pending works (one per request and model: its token
-sequences). A lane worker takes rows from the head of the queue, across requests, until the
-padded tokens reach ``batch_tokens``, runs them in a thread, and gives every request exactly
-its own rows back once all of them are done (a large request spans several batches).
+sequences). The lane's worker takes rows from the head of the queue, across requests, until the
+padded tokens reach ``batch_tokens``, runs the batch's forward passes in threads (``workers`` at
+once), and gives every request exactly its own rows back once all of them are done (a large
+request spans several batches).
 
 Every row is padded to a width that depends on its own length only (:func:`bucket`: the next
 multiple of a quarter of its power of two, at least 8, so at most 25% or 7 tokens of padding),
@@ -32,7 +33,7 @@ from embedrank.errors import OverloadedError
 
 DEFAULT_BATCH_TOKENS = 16384  # padded tokens per forward pass (TEI's max_batch_tokens default)
 DEFAULT_MAX_QUEUE = 4096  # inputs waiting or running, all models together
-DEFAULT_WORKERS = 1  # forward passes of one model running at once
+DEFAULT_WORKERS = 2  # forward passes of one model running at once
 
 
 def bucket(length: int, limit: int | None = None) -> int:
@@ -107,21 +108,22 @@ class _Queue:
         return taken
 
     async def worker(self) -> None:
-        loop = asyncio.get_running_loop()
+        running = asyncio.Semaphore(self.batcher.workers)  # forward passes at once
         while True:
             taken = await self.take()
             try:
-                await self._run(loop, taken)
+                await self._run(running, taken)
             finally:
                 self.batcher.release(self.lane.name, sum(end - start for _, start, end in taken))
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, taken: list[tuple[_Work, int, int]]) -> None:
+    async def _run(self, running: asyncio.Semaphore, taken: list[tuple[_Work, int, int]]) -> None:
         metrics, start = self.batcher.metrics, time.perf_counter()
         for work, first, _ in taken:
             if first == 0:
                 metrics.queue_seconds.observe(self.lane.name, value=start - work.queued_at)
         try:
-            await loop.run_in_executor(self.batcher.executor, self._compute, taken)
+            await asyncio.gather(*(self._pass(running, width, rows)
+                                   for width, rows in self._passes(taken)))
         except Exception as exc:  # the runtime failed: every request of the batch gets it
             for work, _, _ in taken:
                 if not work.future.done():
@@ -138,19 +140,25 @@ class _Queue:
             if work.done == len(work.seqs) and not work.future.done():
                 work.future.set_result(np.stack(work.out))
 
-    def _compute(self, taken: list[tuple[_Work, int, int]]) -> None:
-        """In a thread: one forward pass per width and chunk of rows; results into the works."""
+    def _passes(self, taken: list[tuple[_Work, int, int]]) -> list[tuple[int, list[tuple[_Work, int]]]]:
+        """The forward passes of a batch: rows grouped by width, chunked by the token budget."""
         by_width: dict[int, list[tuple[_Work, int]]] = {}
         for work, first, end in taken:
             for i in range(first, end):
                 by_width.setdefault(work.widths[i], []).append((work, i))
+        passes = []
         for width, rows in by_width.items():
             cap = max(1, min(self.lane.max_rows, self.batcher.batch_tokens // width))
-            for k in range(0, len(rows), cap):
-                chunk = rows[k: k + cap]
-                out = self.lane.forward([w.seqs[i] for w, i in chunk], width)
-                for (work, i), row in zip(chunk, out, strict=True):
-                    work.out[i] = row
+            passes += [(width, rows[k: k + cap]) for k in range(0, len(rows), cap)]
+        return passes
+
+    async def _pass(self, running: asyncio.Semaphore, width: int, rows: list[tuple[_Work, int]]) -> None:
+        """One forward pass in a worker thread; its rows into their works."""
+        async with running:
+            out = await asyncio.get_running_loop().run_in_executor(
+                self.batcher.executor, self.lane.forward, [w.seqs[i] for w, i in rows], width)
+        for (work, i), row in zip(rows, out, strict=True):
+            work.out[i] = row
 
 
 class Batcher:
@@ -171,8 +179,7 @@ class Batcher:
                                            thread_name_prefix="embedrank-model")
         for name, lane in self.lanes.items():
             queue = self.queues[name] = _Queue(lane, self)
-            queue.tasks = [asyncio.create_task(queue.worker(), name=f"embedrank-{name}-{k}")
-                           for k in range(self.workers)]
+            queue.tasks = [asyncio.create_task(queue.worker(), name=f"embedrank-{name}")]
 
     async def stop(self) -> None:
         tasks = [t for q in self.queues.values() for t in q.tasks]

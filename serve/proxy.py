@@ -4,38 +4,41 @@ Every request is forwarded unchanged (method, path, query string, headers such a
 body) and Qdrant's answer streamed back unchanged, with one exception: ``POST
 /collections/{name}/points/query`` and ``.../points/query/batch`` whose query is a text
 ``Document`` of an embedder this server runs, on a collection whose metadata holds a reranker
-(``set_reranker``). Those are answered as :class:`embedrank.plugin.QdrantClient` answers them,
-with its own functions: the collection state read from the same metadata
-(``CollectionState.from_info``), the query embedded with the same instruction, max(top_k,
-offset + limit) candidates fetched with their payload, scored by the same ``Reranker.score``
-(P(yes)), cut to offset/limit, and returned in Qdrant's response shape.
+(read by :func:`embedrank.plugin.collections.reranker_config`, as the Python clients read it).
+Those run the Python client's own operations (:func:`embedrank.plugin.core.query_points` /
+``query_batch_points``) against Qdrant, through qdrant-client with the caller's credentials:
+the query embedded with the same instruction, max(top_k, offset + limit) candidates fetched with
+their payload, scored with ``Reranker.score`` (P(yes)), cut to offset / limit, and returned in
+Qdrant's response shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
+from collections import OrderedDict
 from typing import Any
 
-import anyio
 import httpx
+import qdrant_client
 from qdrant_client import models
-from starlette.concurrency import run_in_threadpool
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from embedrank.errors import EmbedrankError, InputError, OverloadedError
-from embedrank.plugin.collections import CollectionState
-from embedrank.plugin.qdrant import query_vectors, rerank_plan, reranked, widened
-from embedrank.plugin.rerank import RerankPlan, RerankSpec, spec_for
+from embedrank.errors import EmbedrankError, OverloadedError
+from embedrank.plugin import core, drivers
+from embedrank.plugin.collections import RerankConfig, reranker_config
 
 QUERY_PATH = re.compile(r"/collections/([^/]+)/points/query(/batch)?")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+CREDENTIALS = ("api-key", "authorization")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-KNOWN = set(models.QueryRequest.model_fields)
+CLIENTS = 32  # qdrant-client instances kept, one per set of credentials
 
 
 def end_to_end(headers) -> dict[str, str]:
@@ -49,13 +52,34 @@ def qdrant_error(message: str, status: int, start: float) -> JSONResponse:
                         status_code=status)
 
 
-def text_query(search: Any) -> dict | None:
-    """The Document of a query request body (bare or under ``nearest``), or None."""
+def text_model(search: Any) -> str | None:
+    """The model of a query body's text Document (bare or under ``nearest``), or None."""
     query = search.get("query") if isinstance(search, dict) else None
     if isinstance(query, dict) and isinstance(query.get("nearest"), dict):
         query = query["nearest"]
     ok = isinstance(query, dict) and isinstance(query.get("model"), str) and "text" in query
-    return query if ok else None
+    return query["model"] if ok else None
+
+
+def query_kwargs(request: models.QueryRequest, params: dict[str, str]) -> dict[str, Any]:
+    """A REST query body as ``QdrantClient.query_points`` arguments (REST defaults kept)."""
+    kwargs = {"query": request.query, "using": request.using, "prefetch": request.prefetch,
+              "query_filter": request.filter, "search_params": request.params,
+              "limit": request.limit or 10, "offset": request.offset,
+              "with_payload": False if request.with_payload is None else request.with_payload,
+              "with_vectors": request.with_vector or False, "score_threshold": request.score_threshold,
+              "lookup_from": request.lookup_from, "shard_key_selector": request.shard_key}
+    return {**kwargs, **_url_params(params)}
+
+
+def _url_params(params: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "consistency" in params:
+        value = params["consistency"]
+        out["consistency"] = int(value) if value.isdigit() else value
+    if "timeout" in params:
+        out["timeout"] = int(params["timeout"])
+    return out
 
 
 class Proxy:
@@ -63,14 +87,18 @@ class Proxy:
         self.upstream = upstream.rstrip("/")
         self.server = server
         self.transport = transport  # tests: an in-process stand-in Qdrant
-        self.client: httpx.AsyncClient | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.clients: OrderedDict[tuple, qdrant_client.AsyncQdrantClient] = OrderedDict()
+        self.locks = drivers.LockTable(lambda: None)  # queries take no lock
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(base_url=self.upstream, timeout=None, transport=self.transport)
+        self.http = httpx.AsyncClient(base_url=self.upstream, timeout=None, transport=self.transport)
 
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        if self.http is not None:
+            await self.http.aclose()
+        for client in self.clients.values():
+            await client.close()
 
     def route(self) -> Route:
         return Route("/{path:path}", self.handle, methods=METHODS)
@@ -85,10 +113,10 @@ class Proxy:
         return await self.forward(request, body)
 
     async def forward(self, request: Request, body: bytes) -> Response:
-        upstream = self.client.build_request(
+        upstream = self.http.build_request(
             request.method, request.url.path, params=request.url.query or None,
             headers=end_to_end(request.headers), content=body)
-        response = await self.client.send(upstream, stream=True)
+        response = await self.http.send(upstream, stream=True)
         headers = {k: v for k, v in response.headers.items()
                    if k.lower() not in HOP_BY_HOP - {"content-length"}}  # raw bytes: same length
         return StreamingResponse(response.aiter_raw(), status_code=response.status_code,
@@ -96,76 +124,71 @@ class Proxy:
 
     # ------------------------------------------------------------------ reranked queries
 
+    def client(self, request: Request) -> qdrant_client.AsyncQdrantClient:
+        """qdrant-client for the upstream, sending the caller's credentials (kept per set)."""
+        credentials = tuple(sorted((k.lower(), v) for k, v in request.headers.items()
+                                   if k.lower() in CREDENTIALS))
+        client = self.clients.pop(credentials, None)
+        if client is None:
+            extra = {"transport": self.transport} if self.transport is not None else {}
+            client = qdrant_client.AsyncQdrantClient(
+                url=self.upstream, headers=dict(credentials), check_compatibility=False,
+                cloud_inference=True, timeout=600, **extra)  # other Documents: Qdrant's hook
+        self.clients[credentials] = client
+        while len(self.clients) > CLIENTS:
+            self.clients.popitem(last=False)  # dropped, not closed: a request may still use it
+        return client
+
     async def query(self, request: Request, name: str, batch: bool, body: bytes) -> Response | None:
         """Qdrant's answer reranked, or None when this request is not one to rerank."""
         start = time.perf_counter()
         try:
             data = json.loads(body)
             searches = data["searches"] if batch else [data]
-            ours = [text_query(s) for s in searches]
-            if not any(q is not None and q["model"].lower() in self.server.served.embedders
-                       for q in ours):
+            models_named = {m.lower() for m in map(text_model, searches) if m is not None}
+            if not models_named & set(self.server.served.embedders):
                 return None
-            requests = [models.QueryRequest.model_validate({k: v for k, v in s.items() if k in KNOWN})
-                        for s in searches]
+            requests = [models.QueryRequest.model_validate(s) for s in searches]
         except (ValueError, KeyError, TypeError, AttributeError):
-            return None  # Qdrant answers bodies it cannot read itself
-        headers = end_to_end(request.headers)
-        info = await self.client.get(f"/collections/{name}", headers=headers)
-        if info.status_code != 200:
-            return None
+            return None  # Qdrant answers what it cannot read itself (or fields new to qdrant-client)
+        client = self.client(request)
         try:
-            state = CollectionState.from_info(name, models.CollectionInfo.model_validate(
-                info.json()["result"]))
-            spec = await run_in_threadpool(spec_for, state.reranker)
-            if spec is None:
+            info = await client.get_collection(name)
+            config = reranker_config(info.config.metadata, name)
+            if config is None:
                 return None
-            return await self._reranked(request, name, batch, searches, requests, state, spec, start)
+            with self.server.batcher.reserved(config.top_k * len(requests)):  # --max-queue
+                result = await self._run(client, name, batch, requests, self._served(config),
+                                         dict(request.query_params))
+        except UnexpectedResponse as exc:  # Qdrant's own error: passed on as it came
+            return Response(exc.content, exc.status_code, media_type="application/json")
+        except ResponseHandlingException as exc:
+            return qdrant_error(f"Qdrant at {self.upstream} did not answer: {exc}", 502, start)
         except OverloadedError as exc:
             return qdrant_error(str(exc), 503, start)
-        except EmbedrankError as exc:  # InputError, CollectionMismatchError: the caller's to fix
+        except EmbedrankError as exc:  # InputError, CollectionMismatchError, ModelDirError
             return qdrant_error(str(exc), 400, start)
+        dumped = [r.model_dump(mode="json", exclude_none=True) for r in result]
+        return JSONResponse({"result": dumped if batch else dumped[0], "status": "ok",
+                             "time": time.perf_counter() - start})
 
-    async def _reranked(self, request: Request, name: str, batch: bool, searches: list[dict],
-                        requests: list[models.QueryRequest], state: CollectionState,
-                        spec: RerankSpec, start: float) -> Response:
-        headers = end_to_end(request.headers)
-        plans = [rerank_plan(state, spec, r.query, r.using, r.limit or 10, r.offset,
-                             False if r.with_payload is None else r.with_payload) for r in requests]
-        wide = [widened(r, p) if p else r for r, p in zip(requests, plans, strict=True)]
-        embedded = await run_in_threadpool(query_vectors, state, wide)
-        sent = [{**{k: v for k, v in s.items() if k not in KNOWN},
-                 **r.model_dump(mode="json", exclude_none=True)} for s, r in zip(searches, embedded,
-                                                                                  strict=True)]
-        answer = await self.client.post(request.url.path, params=request.url.query or None,
-                                        headers=headers, json={"searches": sent} if batch else sent[0])
-        if answer.status_code != 200:
-            return Response(answer.content, answer.status_code, headers=end_to_end(answer.headers))
-        data = answer.json()
-        results = data["result"] if batch else [data["result"]]
-        out = [await self._answer(name, headers, result, p) if p else result
-               for result, p in zip(results, plans, strict=True)]
-        data["result"] = out if batch else out[0]
-        data["time"] = time.perf_counter() - start
-        return JSONResponse(data)
+    def _served(self, config: RerankConfig) -> RerankConfig:
+        """The config pointing at this server's copy of the recorded reranker (same fingerprint,
+        wherever the writer kept its directory); unchanged when this server has none."""
+        for served in self.server.served.rerankers.values():
+            if served.reranker.fingerprint == config.fingerprint:
+                return dataclasses.replace(config, model_dir=str(served.reranker.path.resolve()))
+        return config
 
-    async def _answer(self, name: str, headers: dict, result: dict, p: RerankPlan) -> dict:
-        """One query's candidates reranked, cut and given the payload asked for."""
-        points = [models.ScoredPoint.model_validate(x) for x in result["points"]]
-        with self.server.batcher.reserved(len(points)):  # counted against --max-queue
-            points = await run_in_threadpool(reranked, p, points, self._retriever(name, headers))
-        return {**result, "points": [x.model_dump(mode="json", exclude_none=True) for x in points]}
+    async def _run(self, client: qdrant_client.AsyncQdrantClient, name: str, batch: bool,
+                   requests: list[models.QueryRequest], config: RerankConfig,
+                   params: dict[str, str]) -> list:
+        async def call(c: core.Call) -> Any:
+            return await getattr(client, c.method)(**c.kwargs)
 
-    def _retriever(self, name: str, headers: dict):
-        """``retrieve(ids, with_payload) -> {id: payload}`` over HTTP, called from a worker thread."""
-        def retrieve(ids: list, with_payload: Any) -> dict:
-            selector = with_payload.model_dump(mode="json", exclude_none=True) if isinstance(
-                with_payload, models.BaseModel) else with_payload
-            response = anyio.from_thread.run(lambda: self.client.post(
-                f"/collections/{name}/points", headers=headers,
-                json={"ids": ids, "with_payload": selector}))
-            if response.status_code != 200:
-                raise InputError(f"Qdrant refused to re-read the payloads ({response.status_code}): "
-                                 f"{response.text[:300]}")
-            return {r["id"]: r.get("payload") for r in response.json()["result"]}
-        return retrieve
+        if batch:
+            op = core.query_batch_points(name, (), {"requests": requests, **_url_params(params)},
+                                         config)
+            return await drivers.arun(op, call, self.locks)
+        op = core.query_points(name, (), query_kwargs(requests[0], params), config)
+        return [await drivers.arun(op, call, self.locks)]

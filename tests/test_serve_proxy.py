@@ -2,14 +2,17 @@
 queries on collections with a stored reranker, which it answers as the Python client does.
 
 Upstream is a stand-in Qdrant (tests/serve_support.py: qdrant-client local mode behind Qdrant's
-REST routes); a live Qdrant server was not run here.
+REST routes); a live Qdrant server was not run here. The collection records its reranker at a
+copy of the served directory: the server finds its own copy by fingerprint.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import qdrant_client
 from qdrant_client import models
 from qdrant_support import CORPUS, QUERY, brute_force, make_collection, points
 from serve_support import StandInQdrant, running
@@ -40,13 +43,21 @@ def served(embedder, reranker):
                                [ServedReranker("proxy-reranker", reranker)])
 
 
+@pytest.fixture(scope="module")
+def elsewhere(reranker_dir, tmp_path_factory):
+    """The reranker directory as a client on another machine has it: another path."""
+    copy = tmp_path_factory.mktemp("client") / "reranker"
+    shutil.copytree(reranker_dir, copy)
+    return copy
+
+
 @pytest.fixture
-def local(served):
+def local(served, elsewhere):
     client = QdrantClient(":memory:")
     for name in ("docs", "plain"):
         make_collection(client, name)
         client.upsert(name, points(MODEL))
-    client.set_reranker("docs", "proxy-reranker", top_k=TOP_K)  # stored in the collection
+    client.set_reranker("docs", str(elsewhere), top_k=TOP_K)  # stored in the collection
     yield client
     client.close()
 
@@ -86,12 +97,12 @@ async def test_reranked_top10_equals_brute_force_and_the_python_client(app, qdra
     python = local.query_points("docs", query=models.Document(**text()), limit=10).points
     assert pairs(got) == [(p.id, p.score) for p in python]  # the same functions: the same bits
     # what Qdrant saw: the collection read, then top_k candidates for the embedded query
-    read, search = qdrant.seen
-    assert (read["method"], read["path"]) == ("GET", "/collections/docs")
-    assert read["headers"]["api-key"] == "secret"
-    sent = json.loads(search["body"])
-    assert search["headers"]["api-key"] == "secret"
-    assert sent["limit"] == TOP_K and sent["with_payload"] is True and "offset" not in sent
+    assert [(s["method"], s["path"]) for s in qdrant.seen] == [
+        ("GET", "/collections/docs"), ("GET", "/collections/docs"),
+        ("POST", "/collections/docs/points/query")]
+    assert {s["headers"]["api-key"] for s in qdrant.seen} == {"secret"}
+    sent = json.loads(qdrant.seen[-1]["body"])
+    assert sent["limit"] == TOP_K and sent["with_payload"] is True and not sent.get("offset")
     vector = embedder.embed_queries([QUERY])[0].tolist()
     assert sent["query"]["nearest"] == pytest.approx(vector, abs=1e-6)
 
@@ -109,7 +120,8 @@ async def test_offset_payload_selection_and_the_bare_document_form(app, qdrant, 
     assert [p["payload"] for p in points] == [{"topic": CORPUS[p["id"]]["topic"]} for p in points]
     reread = qdrant.seen[-1]
     assert reread["path"] == "/collections/docs/points"
-    assert json.loads(reread["body"]) == {"ids": [p["id"] for p in points], "with_payload": ["topic"]}
+    sent = json.loads(reread["body"])
+    assert (sent["ids"], sent["with_payload"]) == ([p["id"] for p in points], ["topic"])
 
 
 async def test_query_batch_reranks_text_queries_only(app, qdrant, embedder, reranker):
@@ -123,7 +135,8 @@ async def test_query_batch_reranks_text_queries_only(app, qdrant, embedder, rera
     assert [p["id"] for p in first["points"]] == ids
     assert [p["score"] for p in first["points"]] == pytest.approx(scores, abs=1e-6)
     sent = json.loads(qdrant.seen[-1]["body"])["searches"]
-    assert sent[0]["limit"] == TOP_K and sent[1] == {"query": vector, "limit": 3}
+    assert sent[0]["limit"] == TOP_K and sent[1]["limit"] == 3
+    assert sent[1]["query"] == {"nearest": vector}  # as qdrant-client writes a vector query
     cosine = embedder.embed_documents([r["text"] for r in CORPUS]) @ vector
     assert [p["id"] for p in second["points"]] == sorted(ALL, key=lambda i: -cosine[i])[:3]
 
@@ -149,8 +162,8 @@ async def test_everything_else_is_forwarded_unchanged(app, qdrant):
     assert qdrant.seen[-1]["body"] == unchanged  # byte for byte
 
 
-async def test_errors_come_back_in_qdrants_shape(app, local, qdrant):
-    local.set_reranker("docs", "proxy-reranker", text_field="body")  # payloads hold "text"
+async def test_errors_come_back_in_qdrants_shape(app, local, qdrant, elsewhere):
+    local.set_reranker("docs", str(elsewhere), text_field="body")  # payloads hold "text"
     async with running(app) as client:
         missing = await client.post("/collections/docs/points/query", json={"query": text()})
         unknown = await client.post("/collections/nope/points/query", json={"query": text()})
@@ -159,15 +172,14 @@ async def test_errors_come_back_in_qdrants_shape(app, local, qdrant):
     assert unknown.status_code == 404 and "doesn't exist" in unknown.json()["status"]["error"]
 
 
-async def test_a_reranker_this_server_does_not_run(app, local, tmp_path, reranker_dir):
+async def test_a_reranker_this_server_does_not_run(app, local):
     from dataclasses import asdict
 
-    from embedrank.plugin.collections import RERANKER_KEY, RerankerRecord
+    from embedrank.plugin.collections import RERANK_KEY, RerankConfig
 
-    record = RerankerRecord("elsewhere", "0" * 64, "text", 10, None)
-    qdrant_client_base = super(QdrantClient, local)
-    qdrant_client_base.update_collection("docs", metadata={RERANKER_KEY: asdict(record)})
+    config = RerankConfig("/nowhere/reranker", "0" * 64, "text", 10, None)
+    qdrant_client.QdrantClient.update_collection(local, "docs", metadata={RERANK_KEY: asdict(config)})
     async with running(app) as client:
         response = await client.post("/collections/docs/points/query", json={"query": text()})
     assert response.status_code == 400
-    assert "--reranker NAME=DIR" in response.json()["status"]["error"]
+    assert "/nowhere/reranker, which cannot be loaded here" in response.json()["status"]["error"]
