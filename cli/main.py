@@ -158,7 +158,8 @@ from embedrank.cli.eval import eval_cmd  # noqa: E402
 from embedrank.cli.mine import mine  # noqa: E402
 from embedrank.cli.ops import ops  # noqa: E402
 from embedrank.cli.qdrant import demo, ingest, query  # noqa: E402
+from embedrank.cli.serve import serve  # noqa: E402
 from embedrank.cli.train import merge, synth, train  # noqa: E402
 
-for _command in (ingest, query, demo, convert, train, mine, merge, synth, eval_cmd, bench, data, ops):
+for _command in (ingest, query, demo, convert, train, mine, merge, synth, eval_cmd, bench, data, ops, serve):
     main.add_command(_command)

@@ -46,6 +46,14 @@ class ServiceError(EmbedrankError):
     """Qdrant kept failing with transient errors (network, timeouts, overload) after retries."""
 
 
+class OverloadedError(EmbedrankError):
+    """The server's queue is full: the request was refused before any work (HTTP 503)."""
+
+
+class AuthError(EmbedrankError):
+    """A request to `embedrank serve` lacks the token the server was started with (HTTP 401)."""
+
+
 class MissingDependencyError(EmbedrankError, ImportError):
     """An optional dependency is not installed."""
 

@@ -293,11 +293,16 @@ def encode_rerank_inputs(tokenizer, fmt: PromptFormat, query: str, documents: Se
 PADDING_SIDES = ("left", "right")
 
 
-def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[np.ndarray, np.ndarray]:
-    """Pad to the longest sequence on ``side``: (input_ids, attention_mask), both int64."""
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
+        width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pad to ``width`` (default: the longest sequence) on ``side``: (input_ids, attention_mask), int64."""
     if side not in PADDING_SIDES:
         raise InputError(f"padding side must be one of {PADDING_SIDES}, got {side!r}")
-    width = max(len(s) for s in seqs)
+    longest = max(len(s) for s in seqs)
+    if width is None:
+        width = longest
+    elif width < longest:
+        raise InputError(f"cannot pad a {longest}-token sequence to width {width}")
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for row, seq in enumerate(seqs):

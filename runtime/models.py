@@ -124,6 +124,15 @@ class _OnnxModel:
                 progress(len(batch))
         return out
 
+    def forward(self, seqs: Sequence[Sequence[int]], width: int | None = None) -> np.ndarray:
+        """One forward pass: the graph's output rows (float32) for token sequences padded to
+        ``width`` (default: the longest). ``encode_*`` make the sequences; ``embed_*`` / ``score``
+        are these two steps with batches planned by the token budget."""
+        if not seqs:
+            raise InputError("forward needs at least one token sequence")
+        ids, mask = pad(seqs, self.manifest.pad_token_id, self.manifest.padding_side, width)
+        return self._infer(ids, mask).astype(np.float32)
+
     def _infer(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """One forward pass over a padded batch."""
         if not self.io_binding:
@@ -224,25 +233,38 @@ class Embedder(_OnnxModel):
 
     def embed_queries(self, texts, instruction: str | None = None, *,
                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return self._embed(self.encode_queries(texts, instruction), progress)
+
+    def embed_documents(self, texts, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return self._embed(self.encode_documents(texts), progress)
+
+    def encode_queries(self, texts, instruction: str | None = None) -> list[list[int]]:
+        """Token ids of instruction-prefixed queries, as :meth:`forward` takes them."""
         check_instruction(instruction)
         texts = check_texts(texts, "queries")
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self._embed(encode_query_inputs(
-            self.tokenizer, self.manifest.prompts, texts, instruction, self.max_length,
-            raw_control_tokens=self.raw_control_tokens), progress)
+            return []
+        return encode_query_inputs(self.tokenizer, self.manifest.prompts, texts, instruction,
+                                   self.max_length, raw_control_tokens=self.raw_control_tokens)
 
-    def embed_documents(self, texts, *, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def encode_documents(self, texts) -> list[list[int]]:
+        """Token ids of documents, as :meth:`forward` takes them."""
         texts = check_texts(texts, "documents")
-        return self._embed(encode_embedding_inputs(
-            self.tokenizer, texts, self.max_length, self.manifest.prompts.eot_token,
-            raw_control_tokens=self.raw_control_tokens), progress)
+        if not texts:
+            return []
+        return encode_embedding_inputs(self.tokenizer, texts, self.max_length,
+                                       self.manifest.prompts.eot_token,
+                                       raw_control_tokens=self.raw_control_tokens)
+
+    def finish(self, rows: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """:meth:`forward` rows -> embeddings at ``dim`` (default: this embedder's dim)."""
+        dim = self.dim if dim is None else check_dim(dim, self.manifest.dim)
+        return matryoshka(rows, dim).astype(np.float32)
 
     def _embed(self, seqs: list[list[int]], progress) -> np.ndarray:
         if not seqs:
             return np.zeros((0, self.dim), dtype=np.float32)
-        full = self._run(seqs, self.manifest.dim, progress)
-        return matryoshka(full, self.dim).astype(np.float32)
+        return self.finish(self._run(seqs, self.manifest.dim, progress))
 
 
 class Reranker(_OnnxModel):
@@ -255,15 +277,26 @@ class Reranker(_OnnxModel):
         return cls(path, device, **kwargs)
 
     def score(self, query: str, documents, instruction: str | None = None) -> np.ndarray:
+        seqs = self.encode(query, documents, instruction)
+        if not seqs:
+            return np.zeros(0, dtype=np.float32)
+        return self.finish(self._run(seqs, 0))
+
+    def encode(self, query: str, documents, instruction: str | None = None) -> list[list[int]]:
+        """Token ids of the (query, document) prompts, as :meth:`forward` takes them."""
         if not isinstance(query, str):
             raise InputError(f"query must be a str, got {type(query).__name__}")
         query = check_texts([query], "query")[0]
         check_instruction(instruction)
         documents = check_texts(documents, "documents")
         if not documents:
-            return np.zeros(0, dtype=np.float32)
-        seqs = encode_rerank_inputs(self.tokenizer, self.manifest.prompts, query, documents,
+            return []
+        return encode_rerank_inputs(self.tokenizer, self.manifest.prompts, query, documents,
                                     instruction, self.max_length,
                                     raw_control_tokens=self.raw_control_tokens)
-        logits = self._run(seqs, 0).astype(np.float64)
+
+    @staticmethod
+    def finish(logits: np.ndarray) -> np.ndarray:
+        """:meth:`forward` logits (yes - no) -> P("yes")."""
+        logits = np.asarray(logits, dtype=np.float64)
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)

@@ -126,7 +126,7 @@ def test_dockerfile_gpu_runtime_only() -> None:
     bare_cpu = re.compile(r"""^["']?onnxruntime([=<>!~].*)?["']?$""")
     for cmd in installs:  # never the CPU wheel by name
         assert not any(bare_cpu.match(tok) for tok in cmd.split()), cmd
-    gpu = next(i for i, c in enumerate(commands) if c.startswith("pip install") and "[gpu]" in c)
+    gpu = next(i for i, c in enumerate(commands) if c.startswith("pip install") and "[gpu,serve]" in c)
     removal = commands.index("pip uninstall -y onnxruntime")
     reinstall = next(
         i for i, c in enumerate(commands)
@@ -144,3 +144,54 @@ def test_dockerfile_copies_every_package_folder() -> None:
         "package-dir"].values())
     copied = set(re.findall(r"^COPY (\S+) \./\1$", (DOCKER / "Dockerfile").read_text(), re.MULTILINE))
     assert folders <= copied, sorted(folders - copied)
+
+
+def _serve_args(service: dict[str, Any]) -> dict[str, list[str]]:
+    """``embedrank serve`` options of a compose service: {"--flag": [values...]}."""
+    args = service["command"]
+    assert args[0] == "serve"
+    out: dict[str, list[str]] = {}
+    for flag, value in zip(args[1::2], args[2::2], strict=True):
+        out.setdefault(flag, []).append(value)
+    return out
+
+
+def _inference_target(address: str, services: dict[str, Any]) -> None:
+    """QDRANT__INFERENCE__ADDRESS names the serve service, its port and the hook's route."""
+    from embedrank.serve.app import KNOWN_ROUTES
+
+    match = re.fullmatch(r"http://([\w-]+):(\d+)(/[\w/]+)", address)
+    assert match, address
+    host, port, path = match.groups()
+    args = _serve_args(services[host])
+    assert args["--host"] == ["0.0.0.0"] and args["--port"] == [port]
+    assert path == "/qdrant/infer" and path in KNOWN_ROUTES
+    specs = args["--embedder"] + args["--reranker"]
+    assert specs and all(spec.split("=", 1)[1].startswith("/models/") for spec in specs)
+    assert any(v.endswith(":/models:ro") for v in services[host]["volumes"])
+    assert {"published": int(port), "target": int(port)} in services[host]["ports"]  # resolved form
+    devices = services[host]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert args["--device"] == ["cuda"]
+
+
+def test_single_node_embeds_through_embedrank_serve() -> None:
+    result = _config(SINGLE)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]  # as docker-compose resolves it
+    qdrant = services["qdrant"]
+    assert QDRANT_IMAGE.match(qdrant["image"])
+    _inference_target(qdrant["environment"]["QDRANT__INFERENCE__ADDRESS"], services)
+    assert int(qdrant["environment"]["QDRANT__INFERENCE__TIMEOUT"]) > 0
+    assert _serve_args(services["embedrank-serve"])["--qdrant"] == ["http://qdrant:6333"]
+
+
+def test_cluster_embeds_through_embedrank_serve() -> None:
+    result = _config(CLUSTER)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    nodes = [s for s in services.values() if "qdrant" in s.get("image", "")]
+    assert len(nodes) == 3
+    for node in nodes:
+        _inference_target(node["environment"]["QDRANT__INFERENCE__ADDRESS"], services)
+    assert _serve_args(services["embedrank-serve"])["--qdrant"] == ["http://qdrant-node-0:6333"]

@@ -238,3 +238,19 @@ def test_old_manifests_are_refused_with_what_to_do(tmp_path, embedder_dir):
     (old / "embedrank.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="upgrade embedrank"):
         Embedder.load(old)
+
+
+def test_encode_then_forward_is_what_embed_and_score_do(embedder_dir, reranker_dir):
+    """The two public steps the server batches with: encode_* / forward / finish."""
+    embedder, reranker = Embedder.load(embedder_dir, dim=32), Reranker.load(reranker_dir)
+    texts = ["short", "a somewhat longer text about vector search engines", "mid length one"]
+    seqs = embedder.encode_queries(texts, "Find it")
+    rows = np.concatenate([embedder.forward([s], len(s) + 5) for s in seqs])  # extra padding
+    np.testing.assert_allclose(embedder.finish(rows), embedder.embed_queries(texts, "Find it"),
+                               atol=1e-6)
+    assert embedder.finish(rows).shape == (3, 32) and embedder.finish(rows, 64).shape == (3, 64)
+    pairs = reranker.encode("what is qdrant", texts)
+    np.testing.assert_allclose(reranker.finish(reranker.forward(pairs)),
+                               reranker.score("what is qdrant", texts), atol=1e-6)
+    with pytest.raises(InputError):
+        embedder.forward(seqs, 2)  # narrower than a sequence
