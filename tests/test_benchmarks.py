@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("gpu_bench", "gpu_probes", "quant_bench", "compare", "eval_checkpoints", "debian_beir")
+SCRIPTS = ("gpu_bench", "gpu_probes", "quant_bench", "compare", "eval_checkpoints", "debian_beir",
+           "serve_bench")
 
 
 def test_every_python_file_in_benchmarks_is_listed():

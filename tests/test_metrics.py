@@ -227,7 +227,8 @@ def test_load_beir(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("which", "lines", "pattern"),
     [
-        ("corpus", [CORPUS[0], "{not json"], r"corpus\.jsonl:2: not valid JSON"),
+        ("corpus", [CORPUS[0], "{not json"],
+         r"corpus\.jsonl:2: invalid JSON \(Expecting property name .* at column 2\)"),
         ("corpus", [CORPUS[0], json.dumps({"text": "x"})], r"corpus\.jsonl:2: missing '_id'"),
         ("corpus", [CORPUS[0], CORPUS[0]], r"corpus\.jsonl:2: duplicate _id"),
         ("queries", [json.dumps({"_id": "q1", "text": 3})], r"queries\.jsonl:1: field 'text'"),
