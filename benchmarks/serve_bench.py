@@ -1,10 +1,12 @@
 """Benchmark `embedrank serve` against the direct runtime on the same inputs (docs/serve.md).
 
-The server runs in this process under uvicorn on a free local port (real HTTP, real JSON); the
-clients are asyncio tasks over httpx, each sending its requests one after another (a closed
-loop). The direct runtime baseline runs the same requests as threads calling
-``Embedder.embed_queries`` / ``embed_documents`` / ``Reranker.score`` on one shared model, with
-the same concurrency. Client, server and baseline share this machine's cores.
+The server runs as its own process (`embedrank serve`, real HTTP, real JSON). The clients are
+asyncio tasks here, one keep-alive HTTP/1.1 connection each, sending their requests one after
+another (a closed loop), written on asyncio streams: httpx's connection pool, not the server,
+was the limit at 64 connections on the 2-core machine of docs/serve.md. The direct runtime
+baseline runs the same requests as threads calling ``Embedder.embed_queries`` /
+``embed_documents`` / ``Reranker.score`` on one shared model in this process, with the same
+concurrency. Client, server and baseline share the machine's cores.
 
     python benchmarks/serve_bench.py --embedder DIR [--reranker DIR] [--clients 1,8,64] [--json F]
 """
@@ -18,9 +20,11 @@ import os
 import platform
 import random
 import socket
-import statistics
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,47 +43,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(options):
-    import uvicorn
-
-    from embedrank.serve import create_app
-
+def start_server(args) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(options), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-c", "from embedrank.cli import main; main()", "serve", "--port",
+               str(port), "--log-level", "warning", "--embedder", f"e={args.embedder}"]
+    command += ["--reranker", f"r={args.reranker}"] if args.reranker else []
+    command += ["--threads", str(args.threads)] if args.threads else []
+    process = subprocess.Popen(command)
+    for _ in range(1200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
+            return process, port
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit("embedrank serve did not start") from None
+            time.sleep(0.1)
+    raise SystemExit("embedrank serve did not answer /health")
 
 
 def summary(latencies: list[float], wall: float) -> dict:
     ordered = sorted(latencies)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {"requests": len(ordered), "rps": len(ordered) / wall, "p50_ms": 1000 * pick(0.50),
-            "p99_ms": 1000 * pick(0.99), "mean_ms": 1000 * statistics.fmean(ordered)}
+            "p99_ms": 1000 * pick(0.99)}
 
 
-async def http_level(url: str, bodies: list[tuple[str, dict]], clients: int) -> dict:
-    import httpx
+async def _connection(port: int, queue: list, latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    while queue:
+        path, body = queue.pop()
+        data = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(data)}\r\n\r\n").encode()
+        start = time.perf_counter()
+        writer.write(head + data)
+        await writer.drain()
+        status, length = await reader.readline(), 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            length = int(value) if name.lower() == "content-length" else length
+        await reader.readexactly(length)
+        if b" 200 " not in status:
+            raise SystemExit(f"{path}: {status.decode().strip()}")
+        latencies.append(time.perf_counter() - start)
+    writer.close()
 
+
+async def http_level(port: int, bodies: list[tuple[str, dict]], clients: int) -> dict:
     latencies: list[float] = []
     queue = list(reversed(bodies))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as client:
-        async def one_client() -> None:
-            while queue:
-                path, body = queue.pop()
-                start = time.perf_counter()
-                response = await client.post(path, json=body)
-                response.raise_for_status()
-                latencies.append(time.perf_counter() - start)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.perf_counter() - start
-    return summary(latencies, wall)
+    start = time.perf_counter()
+    await asyncio.gather(*(_connection(port, queue, latencies) for _ in range(clients)))
+    return summary(latencies, time.perf_counter() - start)
 
 
 def direct_level(calls: list, clients: int) -> dict:
@@ -100,77 +115,28 @@ def direct_level(calls: list, clients: int) -> dict:
 
 def workloads(args, embedder, reranker) -> dict[str, tuple[list, list]]:
     """name -> (HTTP requests, direct calls) on the same inputs."""
+    chosen, out = args.workloads.split(","), {}
     queries = texts(args.requests, seed=1)
-    chosen = args.workloads.split(",")
-    out = {}
     if "search" in chosen:
         out["qdrant-search (1 query)"] = (
             [("/qdrant/infer", {"inputs": [{"data": q, "data_type": "text", "model": "e",
                                             "options": None}], "inference": "search", "token": None})
              for q in queries],
             [lambda q=q: embedder.embed_queries([q]) for q in queries])
-    docs = [texts(args.docs_per_request, 100 + i, 20, 120) for i in range(args.requests // 4)]
+    n, k = args.requests // 4, args.docs_per_request
     if "update" in chosen:
-        out[f"qdrant-update ({args.docs_per_request} docs)"] = (
+        docs = [texts(k, 100 + i, 20, 120) for i in range(n)]
+        out[f"qdrant-update ({k} docs)"] = (
             [("/qdrant/infer", {"inputs": [{"data": d, "data_type": "text", "model": "e",
                                             "options": None} for d in batch],
                                 "inference": "update", "token": None}) for batch in docs],
             [lambda b=batch: embedder.embed_documents(b) for batch in docs])
     if reranker is not None and "rerank" in chosen:
-        pairs = [(q, texts(args.docs_per_request, 500 + i, 20, 120)) for i, q in
-                 enumerate(queries[: args.requests // 4])]
-        out[f"rerank (1 x {args.docs_per_request})"] = (
+        pairs = [(q, texts(k, 500 + i, 20, 120)) for i, q in enumerate(queries[:n])]
+        out[f"rerank (1 x {k})"] = (
             [("/rerank", {"query": q, "documents": d, "model": "r"}) for q, d in pairs],
             [lambda q=q, d=d: reranker.score(q, d) for q, d in pairs])
     return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--embedder", required=True, help="embedder model directory")
-    parser.add_argument("--reranker", default=None, help="reranker model directory")
-    parser.add_argument("--clients", default="1,8,64", help="concurrency levels, comma-separated")
-    parser.add_argument("--requests", type=int, default=512, help="requests per level and workload")
-    parser.add_argument("--docs-per-request", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per model")
-    parser.add_argument("--workloads", default="search,update,rerank",
-                        help="comma-separated: search (1 query per request), update (a batch of "
-                             "documents), rerank (1 query x documents)")
-    parser.add_argument("--json", default=None, help="also write the results to this file")
-    args = parser.parse_args()
-
-    from embedrank.runtime import Embedder, Reranker
-    from embedrank.serve import ModelSpec, ServeOptions
-
-    kwargs = {"threads": args.threads} if args.threads else {}
-    embedder = Embedder.load(args.embedder, **kwargs)
-    reranker = Reranker.load(args.reranker, **kwargs) if args.reranker else None
-    options = ServeOptions(embedders=(ModelSpec("e", Path(args.embedder)),),
-                           rerankers=(ModelSpec("r", Path(args.reranker)),) if args.reranker else (),
-                           threads=args.threads)
-    load_before = os.getloadavg()
-    server, thread, url = start_server(options)
-    levels = [int(c) for c in args.clients.split(",")]
-    rows = []
-    try:
-        for name, (bodies, calls) in workloads(args, embedder, reranker).items():
-            asyncio.run(http_level(url, bodies[:8], 1))  # warm-up
-            for clients in levels:
-                served = asyncio.run(http_level(url, bodies, clients))
-                direct = direct_level(calls, clients)
-                rows.append({"workload": name, "clients": clients, "serve": served, "direct": direct})
-                print(f"{name:28} {clients:3} clients | serve {served['rps']:8.1f} req/s p50 "
-                      f"{served['p50_ms']:7.1f} ms p99 {served['p99_ms']:7.1f} ms | direct "
-                      f"{direct['rps']:8.1f} req/s p50 {direct['p50_ms']:7.1f} ms p99 "
-                      f"{direct['p99_ms']:7.1f} ms", flush=True)
-    finally:
-        server.should_exit = True
-        thread.join()
-    if args.json:
-        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                   "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "args": vars(args), "rows": rows}, f, indent=1)
 
 
 def cpu_name() -> str:
@@ -181,6 +147,50 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--embedder", required=True, help="embedder model directory")
+    parser.add_argument("--reranker", default=None, help="reranker model directory")
+    parser.add_argument("--clients", default="1,8,64", help="concurrency levels, comma-separated")
+    parser.add_argument("--requests", type=int, default=256,
+                        help="search requests per level (update and rerank: a quarter of it)")
+    parser.add_argument("--docs-per-request", type=int, default=16)
+    parser.add_argument("--workloads", default="search,update,rerank",
+                        help="comma-separated: search (1 query per request), update (a batch of "
+                             "documents), rerank (1 query x documents)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per model")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+
+    from embedrank.runtime import Embedder, Reranker
+
+    kwargs = {"threads": args.threads} if args.threads else {}
+    embedder = Embedder.load(args.embedder, **kwargs)
+    reranker = Reranker.load(args.reranker, **kwargs) if args.reranker else None
+    load_before = os.getloadavg()
+    server, port = start_server(args)
+    rows = []
+    try:
+        for name, (bodies, calls) in workloads(args, embedder, reranker).items():
+            asyncio.run(http_level(port, bodies[:8], 1))  # warm-up
+            for clients in [int(c) for c in args.clients.split(",")]:
+                served = asyncio.run(http_level(port, bodies, clients))
+                direct = direct_level(calls, clients)
+                rows.append({"workload": name, "clients": clients, "serve": served, "direct": direct})
+                print(f"{name:26} {clients:3} clients | serve {served['rps']:7.1f} req/s p50 "
+                      f"{served['p50_ms']:7.1f} ms p99 {served['p99_ms']:7.1f} ms | direct "
+                      f"{direct['rps']:7.1f} req/s p50 {direct['p50_ms']:7.1f} ms p99 "
+                      f"{direct['p99_ms']:7.1f} ms", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    if args.json:
+        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                   "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "args": vars(args), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
