@@ -180,10 +180,14 @@ class CollectionState:
         size = self.sizes[vector_name]
         label = "" if not vector_name else f" (vector {vector_name!r})"
         if size is not None and size != reg.dim:
+            low, high = reg.embedder.manifest.matryoshka_dims or (reg.dim, reg.dim)
+            fix = (f"register it with dim={size} (Matryoshka) or use a collection of size {reg.dim}"
+                   if low <= size <= high else
+                   f"its Matryoshka sizes are {low}..{high}, so create the collection with a size "
+                   "in that range (client.get_embedding_size(name) gives the registered one)")
             raise CollectionMismatchError(
                 f"collection {self.name!r}{label} holds {size}-d vectors but embedder "
-                f"{reg.name!r} makes {reg.dim}-d ones: register it with dim={size} "
-                "(Matryoshka) or use a collection of that size")
+                f"{reg.name!r} makes {reg.dim}-d ones: {fix}")
         record = self.records.get(vector_name)
         if record is None:
             return ModelRecord.of(reg)

@@ -206,3 +206,19 @@ def test_mismatched_embedder_refused_before_writing_even_after_reopen(tmp_path, 
     client.upsert("docs", points("e64", CORPUS[:6]))  # same fingerprint under any name is fine
     assert client.count("docs").count == 6
     client.close()
+
+
+@pytest.mark.parametrize("size,advice", [
+    (1024, "its Matryoshka sizes are 32..64, so create the collection with a size in that range"),
+    (48, "register it with dim=48 (Matryoshka) or use a collection of size 64"),
+])
+def test_a_size_mismatch_advises_only_what_works(embedder, size, advice):
+    register_embedder("e64-advice", embedder)
+    client = QdrantClient(":memory:")
+    client.create_collection("sized", vectors_config=models.VectorParams(
+        size=size, distance=models.Distance.COSINE))
+    doc = models.Document(text="a passage", model="e64-advice")
+    with pytest.raises(CollectionMismatchError) as err:
+        client.upsert("sized", points=[models.PointStruct(id=1, vector=doc)])
+    assert advice in str(err.value) and f"holds {size}-d vectors" in str(err.value)
+    assert "dim=1024" not in str(err.value)
