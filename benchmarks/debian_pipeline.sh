@@ -7,8 +7,12 @@
 #   $W/debian/         BEIR folder from benchmarks/debian_beir.py (test split >= 1,000 queries)
 # Settings: EMB_STEPS / RR_STEPS (default: calibrated to ~3 min of training each), RR_NEG
 # (own: reranker negatives mined by the seed-0 embedder; minilm: the embedder's MiniLM ones),
-# SYNTH_N passages for `embedrank synth`. The figures in docs/training.md:
-# EMB_STEPS=127 RR_STEPS=180 RR_NEG=minilm.
+# SYNTH_N passages for `embedrank synth` (0: skip), EMB_LR / LORA_LR (full / LoRA learning
+# rates), BASELINES=0 (skip the untrained-SmolLM2 and MiniLM evaluations), TORCH_RR=0 (skip the
+# torch rerank evaluation: `embedrank eval` on the exported graphs reports both stages),
+# SERVE_BENCH=1 (then benchmarks/serve_bench.py on the GPU with the trained models, fp16).
+# The figures in docs/training.md: run 1 `EMB_STEPS=127 RR_STEPS=180 RR_NEG=minilm`; run 2
+# `EMB_STEPS=450 RR_STEPS=200 EMB_LR=1e-4 LORA_LR=5e-4 SYNTH_N=0 BASELINES=0 TORCH_RR=0 SERVE_BENCH=1`.
 # Outputs: $W/results/*.jsonl|json (figures), $W/logs/ (one log per step), $W/times.jsonl.
 set -uo pipefail
 W=${W:-/tmp/w}
@@ -17,6 +21,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZE
 mkdir -p "$W/results" "$W/logs"
 DEV=cuda LEN=256; [ -n "${DRY:-}" ] && DEV=cpu LEN=2048  # the dry run's toy tokenizer is bytes
 EMB_STEPS=${EMB_STEPS:-}; RR_STEPS=${RR_STEPS:-}; SYNTH_N=${SYNTH_N:-300}
+EMB_LR=${EMB_LR:-5e-5} LORA_LR=${LORA_LR:-2e-4} BASELINES=${BASELINES:-1} TORCH_RR=${TORCH_RR:-1}
 LO=${MIN_STEPS:-60} HI=${MAX_STEPS:-900}  # bounds of the calibrated step counts
 EVAL=(python3 benchmarks/eval_checkpoints.py --beir "$W/debian" --device $DEV --max-length $LEN)
 [ -n "${DRY:-}" ] && EVAL+=(--limit 5)
@@ -59,11 +64,11 @@ wait  # the mined file
 echo "{\"emb_steps\": $EMB_STEPS, \"rr_steps\": $RR_STEPS}" > "$W/results/plan.json"
 
 # 1. two full fine-tunes (seeds 0, 1) and one LoRA run, side by side on the one GPU
-step emb-s0 embedrank train embedder --model "$W/smol" --out "$W/emb-s0" --full --lr 5e-5 \
+step emb-s0 embedrank train embedder --model "$W/smol" --out "$W/emb-s0" --full --lr $EMB_LR \
   --seed 0 --max-steps "$EMB_STEPS" "${EMB[@]}" &
-step emb-s1 embedrank train embedder --model "$W/smol" --out "$W/emb-s1" --full --lr 5e-5 \
+step emb-s1 embedrank train embedder --model "$W/smol" --out "$W/emb-s1" --full --lr $EMB_LR \
   --seed 1 --max-steps "$EMB_STEPS" "${EMB[@]}" &
-step emb-lora embedrank train embedder --model "$W/smol" --out "$W/emb-lora" --lora --lr 2e-4 \
+step emb-lora embedrank train embedder --model "$W/smol" --out "$W/emb-lora" --lora --lr $LORA_LR \
   --seed 0 --max-steps "$EMB_STEPS" "${EMB[@]}" &
 wait
 
@@ -80,20 +85,23 @@ step reranker embedrank train reranker --model "$W/smol" --data "$W/mined-rr.jso
   --out "$W/rr" --seed 0 --max-steps "$RR_STEPS" "${RR[@]}" &
 # 3. meanwhile: every embedder on the test split (torch; one process each, they are CPU-bound),
 #    and synthetic queries
-for m in smol emb-s0 emb-s1 emb-merged emb-lora; do
+EMBEDDERS=(emb-s0 emb-s1 emb-merged emb-lora); [ "$BASELINES" = 1 ] && EMBEDDERS=(smol "${EMBEDDERS[@]}")
+for m in "${EMBEDDERS[@]}"; do
   step "eval-$m" "${EVAL[@]}" --embedder "$W/$m" --out "$W/results/eval-$m.jsonl" &
 done
-step eval-minilm "${EVAL[@]}" --embedder "$W/minilm" --pooling mean \
+[ "$BASELINES" = 1 ] && step eval-minilm "${EVAL[@]}" --embedder "$W/minilm" --pooling mean \
   --out "$W/results/eval-minilm.jsonl" &
-head -n "$SYNTH_N" "$W/debian/corpus.jsonl" > "$W/synth-corpus.jsonl"
-step synth embedrank synth --llm "$W/smol" --corpus "$W/synth-corpus.jsonl" \
-  --personas benchmarks/debian_personas.txt --embedder "$W/emb-s0" --out "$W/results/synth.jsonl" \
-  --batch-size 100 --max-new-tokens 96 --device $DEV &
+if [ "$SYNTH_N" -gt 0 ]; then
+  head -n "$SYNTH_N" "$W/debian/corpus.jsonl" > "$W/synth-corpus.jsonl"
+  step synth embedrank synth --llm "$W/smol" --corpus "$W/synth-corpus.jsonl" \
+    --personas benchmarks/debian_personas.txt --embedder "$W/emb-s0" --out "$W/results/synth.jsonl" \
+    --batch-size 100 --max-new-tokens 96 --device $DEV &
+fi
 wait
 best=$W/emb-s0
 
 # 4. embed + rerank of the seed-0 embedder's top 100 (torch), then the exported graphs in Qdrant
-step eval-rr "${EVAL[@]}" --embedder "$best" --reranker "$W/rr" \
+[ "$TORCH_RR" = 1 ] && step eval-rr "${EVAL[@]}" --embedder "$best" --reranker "$W/rr" \
   --out "$W/results/eval-rerank.jsonl" &
 if [ -n "${ORT_GPU:-}" ] || bash benchmarks/debian_ort.sh "$W"; then
   step export-emb embedrank export embedder "$best" "$W/onnx-emb" --dtype fp32 --optimize none \
@@ -106,6 +114,18 @@ if [ -n "${ORT_GPU:-}" ] || bash benchmarks/debian_ort.sh "$W"; then
     --json "$W/results/onnx_eval.json" --report "$W/results/onnx_report"
 fi
 wait
+
+# 5. the service on the GPU (issue 15's figures): the trained models, exported for CUDA in fp16
+if [ -n "${SERVE_BENCH:-}" ]; then
+  ORT_ENV=$(cat "$W/ort.env" 2>/dev/null); HALF=fp16 REQ=512; [ -n "${DRY:-}" ] && HALF=fp32 REQ=8
+  step export-emb16 env $ORT_ENV embedrank export embedder "$best" "$W/cuda-emb" --dtype $HALF \
+    --device $DEV --max-length 512
+  step export-rr16 env $ORT_ENV embedrank export reranker "$W/rr" "$W/cuda-rr" --dtype $HALF \
+    --device $DEV --max-length 512
+  step serve-bench env $ORT_ENV python3 benchmarks/serve_bench.py --embedder "$W/cuda-emb" \
+    --reranker "$W/cuda-rr" --device $DEV --requests $REQ --clients 1,8,64 \
+    --json "$W/results/serve_gpu.json"
+fi
 for d in emb-s0 emb-s1 emb-lora rr calib; do
   [ -f "$W/$d/train_log.jsonl" ] && cp "$W/$d/train_log.jsonl" "$W/results/train_log-$d.jsonl"
 done

@@ -49,6 +49,7 @@ def start_server(args) -> tuple[subprocess.Popen, int]:
                str(port), "--log-level", "warning", "--embedder", f"e={args.embedder}"]
     command += ["--reranker", f"r={args.reranker}"] if args.reranker else []
     command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--device", args.device]
     process = subprocess.Popen(command)
     for _ in range(1200):
         try:
@@ -161,12 +162,14 @@ def main() -> None:
                         help="comma-separated: search (1 query per request), update (a batch of "
                              "documents), rerank (1 query x documents)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per model")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for the server and the direct runtime")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 
     from embedrank.runtime import Embedder, Reranker
 
     kwargs = {"threads": args.threads} if args.threads else {}
+    kwargs["device"] = args.device
     embedder = Embedder.load(args.embedder, **kwargs)
     reranker = Reranker.load(args.reranker, **kwargs) if args.reranker else None
     load_before = os.getloadavg()
