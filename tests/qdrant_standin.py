@@ -9,8 +9,8 @@ inference object (``{"text"|"image"|"object", "model", "options"?}``) of an upse
 POSTed as ``{"inputs": [{"data", "data_type", "model", "options"}], "inference": "update",
 "token"}``, of a query (query and prefetches) with ``"search"``; identical objects of one request
 are sent once (here in first-seen order; Qdrant iterates a hash set); the vectors that come back
-are stored or searched in their place. Stricter than
-Qdrant on one point: a reply whose vector count differs from the inputs is an error, not paired.
+are stored or searched in their place. Stricter than Qdrant on one point: a reply whose vector
+count differs from the inputs is an error, not paired.
 
     QDRANT__INFERENCE__ADDRESS=http://localhost:8000/qdrant/infer python tests/qdrant_standin.py --port 6333
 
