@@ -1,8 +1,10 @@
 """Test helpers for `embedrank serve`: the app running in-process, and a stand-in Qdrant server.
 
-A Qdrant binary is not available here. The stand-in answers the REST routes the proxy uses with
-qdrant-client's local mode (through our client, ``rerank=False``: it only searches) and its REST
-models, and records every request it receives, so a test can see what was forwarded.
+A Qdrant binary is not available here. This stand-in (the proxy's tests) answers the REST routes
+the proxy uses with qdrant-client's local mode (through our client, ``rerank=False``: it only
+searches) and its REST models, and records every request it receives, so a test can see what was
+forwarded. tests/qdrant_standin.py is the fuller one: it plays Qdrant's inference hook too, and
+runs as a process (the README test).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 from qdrant_client import models
+from qdrant_standin import dump
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -63,12 +66,6 @@ def _ok(result: Any) -> JSONResponse:
     return JSONResponse({"result": result, "status": "ok", "time": 0.001})
 
 
-def _dump(obj: Any) -> Any:
-    if isinstance(obj, list):
-        return [_dump(o) for o in obj]
-    return obj.model_dump(mode="json", exclude_none=True)
-
-
 class StandInQdrant:
     """Qdrant's REST API for GET collection, query, query batch and retrieve, over a local client;
     any other request is echoed back (``{"result": {"echo": body}}``, header ``x-stand-in``)."""
@@ -101,7 +98,7 @@ class StandInQdrant:
 
     async def collection(self, request: Request) -> JSONResponse:
         await self._record(request)
-        return self._missing(request) or _ok(_dump(self.client.get_collection(request.path_params["name"])))
+        return self._missing(request) or _ok(dump(self.client.get_collection(request.path_params["name"])))
 
     def _query(self, name: str, body: dict) -> models.QueryResponse:
         r = models.QueryRequest.model_validate(body)
@@ -112,18 +109,18 @@ class StandInQdrant:
 
     async def query(self, request: Request) -> JSONResponse:
         body = await self._record(request)
-        return self._missing(request) or _ok(_dump(self._query(request.path_params["name"], body)))
+        return self._missing(request) or _ok(dump(self._query(request.path_params["name"], body)))
 
     async def query_batch(self, request: Request) -> JSONResponse:
         body = await self._record(request)
         name = request.path_params["name"]
-        return _ok([_dump(self._query(name, s)) for s in body["searches"]])
+        return _ok([dump(self._query(name, s)) for s in body["searches"]])
 
     async def retrieve(self, request: Request) -> JSONResponse:
         body = await self._record(request)
         records = self.client.retrieve(request.path_params["name"], body["ids"],
                                        with_payload=body.get("with_payload", True))
-        return _ok(_dump(records))
+        return _ok(dump(records))
 
     async def echo(self, request: Request) -> JSONResponse:
         body = await self._record(request)
