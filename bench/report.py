@@ -13,25 +13,60 @@ LATENCY_PNG = "latency.png"
 RESULTS_JSON = "bench_full.json"
 
 
-def _speed_table(section: dict, unit: str) -> list[str]:
-    base = section.get("torch")
-    rows = [f"| backend | docs/s | tokens/s | p50 ms {unit} | p99 ms {unit} | vs torch eager |",
-            "|---|---:|---:|---:|---:|---:|"]
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def _speed_table(section: dict, ratios: dict, base: str | None, unit: str) -> list[str]:
+    """Whole call (every row) and forward (PyTorch rows) figures, and the ratios to ``base``."""
+    rows = [f"| row | tokens/s | docs/s | p50 ms {unit} | p99 ms {unit} | forward tokens/s | "
+            f"forward p50 ms | x {base or 'baseline'}, call | x {base or 'baseline'}, forward |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in section.items():
-        ratio = f"{m['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
-        rows.append(f"| {name} | {m['docs_per_s']:,.1f} | {m['tokens_per_s']:,.0f} | "
-                    f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {ratio} |")
+        f, r = m.get("forward"), ratios.get(name, {})
+        fwd = f"{f['tokens_per_s']:,.0f} | {f['p50_ms']:.2f}" if f else "- | -"
+        label = f"**{name}** (baseline)" if name == base else name
+        forward_ratio = _x(r.get("forward")) + (" (call)" if r and not f else "")
+        rows.append(f"| {label} | {m['tokens_per_s']:,.0f} | {m['docs_per_s']:,.1f} | "
+                    f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {fwd} | {_x(r.get('call'))} | "
+                    f"{forward_ratio} |")
     return rows
 
 
-def _sweep_table(sweep: dict) -> list[str]:
-    names = list(sweep)
+def _sweep_table(sweep: dict, forward: dict) -> list[str]:
+    cols = [(n, sweep[n], "call") for n in sweep]
+    cols += [(n, forward[n], "forward") for n in forward]
     lengths = list(next(iter(sweep.values())))
-    rows = ["| tokens per doc | " + " | ".join(f"{n} tokens/s" for n in names) + " |",
-            "|---:|" + "---:|" * len(names)]
+    rows = ["| tokens per doc | " + " | ".join(f"{n} {kind}" for n, _, kind in cols) + " |",
+            "|---:|" + "---:|" * len(cols)]
     for n in lengths:
-        rows.append(f"| {n} | " + " | ".join(f"{sweep[b][n]:,.0f}" for b in names) + " |")
+        rows.append(f"| {n} | " + " | ".join(f"{points[n]:,.0f}" for _, points, _ in cols) + " |")
     return rows
+
+
+def _rows_text(full: dict) -> list[str]:
+    """What each row runs and what its figures include."""
+    rows = {}
+    for section in ("embed", "rerank"):
+        rows.update(full.get("rows", {}).get(section, {}))
+    if not rows:
+        return []
+    lines = ["## What each row includes", ""]
+    first = next(iter(rows.values()))
+    lines += [f"- **tokens/s, docs/s, p50, p99** (every row): {first['call']}.",
+              "  Throughput is that of the median of the timed passes; p50 / p99 are over every "
+              "timed call."]
+    forward = next((r["forward"] for r in rows.values() if r["forward"]), None)
+    if forward:
+        lines += [f"- **forward** (PyTorch rows): {forward}."]
+    lines += ["- **x baseline**: each row over the strongest PyTorch row of the same run (the "
+              "highest forward tokens/s): call over call, and forward over forward; an ONNX row "
+              "has no forward figure, so its whole call stands in (a lower bound: its call "
+              "includes tokenization and copies the baseline's forward leaves out).", ""]
+    for section in ("embed", "rerank"):
+        for name, r in full.get("rows", {}).get(section, {}).items():
+            lines.append(f"- `{name}` ({section}): {r['runs']}.")
+    return [*lines, ""]
 
 
 def markdown(full: dict, images: bool = True) -> str:
@@ -39,7 +74,8 @@ def markdown(full: dict, images: bool = True) -> str:
     lo, hi = cfg["lengths"]
     lines = [f"# embedrank bench: {full['model']}", "",
              f"- device: {full['device']}; ONNX dtype: {full['dtype']}; PyTorch dtype: "
-             f"{'bf16' if cfg['device'].startswith('cuda') else 'fp32'}",
+             f"{'bf16' if cfg['device'].startswith('cuda') else 'fp32'}; {cfg.get('warmup', 2)} "
+             f"untimed calls, then {cfg.get('repeats', 1)} timed passes over every call",
              f"- documents: {cfg['docs']} with lengths drawn uniformly from {lo}:{hi} tokens "
              f"(seed {cfg['seed']}), {cfg['batch_size']} per embedding call; rerank: one query and "
              f"{cfg['rerank_docs']} documents per call, {cfg['rerank_calls']} calls",
@@ -47,14 +83,15 @@ def markdown(full: dict, images: bool = True) -> str:
              f"{full['padding_waste']['unsorted']:.0%} in arrival order, "
              f"{full['padding_waste']['runtime_plan']:.0%} with the runtime's length-sorted "
              "token-budget plan (used by every backend here)", ""]
-    if full.get("embed"):
-        lines += ["## Embedding (latency per call)", "", *_speed_table(full["embed"], "/call"), ""]
-    if full.get("rerank"):
-        lines += [f"## Rerank top-{cfg['rerank_docs']} (latency per call)", "",
-                  *_speed_table(full["rerank"], "/call"), ""]
+    for section, title in (("embed", "Embedding"), ("rerank", f"Rerank top-{cfg['rerank_docs']}")):
+        if full.get(section):
+            lines += [f"## {title} (latency per call)", "",
+                      *_speed_table(full[section], full.get("vs_baseline", {}).get(section, {}),
+                                    full.get("baseline", {}).get(section), "/call"), ""]
     if full.get("sweep"):
-        lines += [f"## Throughput vs length ({cfg['batch_size']} documents of one length)", "",
-                  *_sweep_table(full["sweep"]), ""]
+        lines += [f"## Throughput vs length ({cfg['batch_size']} documents of one length, tokens/s)",
+                  "", *_sweep_table(full["sweep"], full.get("sweep_forward", {})), ""]
+    lines += _rows_text(full)
     if full.get("ingest"):
         i, q = full["ingest"], full.get("query", {})
         lines += ["## Qdrant (in-memory local mode)", "",
@@ -80,7 +117,11 @@ def plot(full: dict, out: Path, prefix: str = "") -> list[Path]:
     paths = [out / (prefix + THROUGHPUT_PNG), out / (prefix + LATENCY_PNG)]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for name, points in full["sweep"].items():
-        ax.plot([int(n) for n in points], list(points.values()), marker="o", label=name)
+        line, = ax.plot([int(n) for n in points], list(points.values()), marker="o", label=name)
+        forward = full.get("sweep_forward", {}).get(name)
+        if forward:
+            ax.plot([int(n) for n in forward], list(forward.values()), marker="o", linestyle="--",
+                    color=line.get_color(), label=f"{name} forward")
     lengths = [int(n) for n in next(iter(full["sweep"].values()))]
     ax.set(xscale="log", xlabel="tokens per document", ylabel="tokens/s",
            title=f"Embedding throughput, {full['config']['batch_size']} docs per call")

@@ -1,12 +1,19 @@
 """``embedrank bench``: throughput and latency of the ONNX runtime, with PyTorch side by side.
 
-Torch-free: the PyTorch backends (``--against torch|torch-compile``) and the random-weight
-models (``--random-arch``) live in :mod:`embedrank.bench.torch_backend`, imported only then.
+Torch-free: the PyTorch rows (``--against``, :data:`embedrank.bench.rows.TORCH_ROWS`) and the
+random-weight models (``--random-arch``) live in :mod:`embedrank.bench.torch_backend`, imported
+only then.
 
 Inputs are realistic variable-length documents: lengths drawn uniformly from a range (seeded),
 texts built from whole-word vocabulary tokens so that a text of ``n - 1`` words is ``n`` tokens
 with the end-of-text token. Every backend gets the same texts and makes the same batches
 (token budget, longest first), so the figures compare engines, not batching.
+
+Each measurement: ``warmup`` untimed calls, then ``repeats`` timed passes over every call; the
+throughput is that of the median pass, p50 / p99 are over every timed call. Every row has the
+whole call's wall-clock time; the PyTorch rows also their forward passes alone (CUDA events on
+CUDA), and each row is divided by the strongest PyTorch row of the same run
+(:mod:`embedrank.bench.rows`).
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from embedrank.bench.rows import TORCH_ROWS, compile_shapes, describe, ratios
+from embedrank.bench.rows import baseline as strongest
+from embedrank.bench.timing import Timing, time_calls
 from embedrank.errors import InputError
 from embedrank.formats import encode_embedding_inputs, encode_rerank_inputs, plan_batches
 from embedrank.hub import check_source
 from embedrank.manifest import read_manifest
 from embedrank.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, Embedder, Reranker
 
-BACKENDS = ("onnx", "torch", "torch-compile")
+BACKENDS = ("onnx", *TORCH_ROWS)
 COLLECTION = "embedrank-bench"
 
 
@@ -42,21 +52,22 @@ class BenchConfig:
     rerank_docs: int = 100
     queries: int = 20  # embed + search + rerank round trips
     warmup: int = 2  # untimed calls before each measurement
+    repeats: int = 3  # timed passes over every call; the median pass is reported
     sweep_points: int = 5  # fixed lengths for the throughput-vs-length curve
     sweep_repeats: int = 3
     seed: int = 0
-    against: tuple[str, ...] = ()  # "torch", "torch-compile"
+    against: tuple[str, ...] = ()  # keys of rows.TORCH_ROWS (rows.resolve_against expands "all")
 
     def __post_init__(self) -> None:
         lo, hi = self.lengths
         if not 2 <= lo <= hi:
             raise InputError(f"lengths must satisfy 2 <= min <= max, got {lo}:{hi}")
-        for name in ("batch_size", "docs", "rerank_calls", "rerank_docs", "queries"):
+        for name in ("batch_size", "docs", "rerank_calls", "rerank_docs", "queries", "repeats"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         unknown = set(self.against) - set(BACKENDS[1:])
         if unknown:
-            raise InputError(f"--against takes {BACKENDS[1:]}, got {sorted(unknown)}")
+            raise InputError(f"--against takes {(*BACKENDS[1:], 'all')}, got {sorted(unknown)}")
 
 
 def parse_lengths(text: str) -> tuple[int, int]:
@@ -108,33 +119,6 @@ def padding_waste(lengths: Sequence[int], batch_size: int) -> dict[str, float]:
     return {"unsorted": waste(fixed), "runtime_plan": waste(planned)}
 
 
-# ---------------------------------------------------------------- timing
-@dataclass
-class Timing:
-    latencies_ms: list[float]
-    docs: int
-    tokens: int
-    seconds: float
-
-    def summary(self) -> dict[str, float]:
-        lat = np.asarray(self.latencies_ms)
-        return {"docs_per_s": self.docs / self.seconds, "tokens_per_s": self.tokens / self.seconds,
-                "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
-
-
-def time_calls(fn: Callable, calls: Sequence[tuple], docs: Sequence[int], tokens: Sequence[int],
-               warmup: int) -> Timing:
-    """Time ``fn(*args)`` per call, after ``warmup`` untimed calls (cycled from the same list)."""
-    for i in range(warmup):
-        fn(*calls[i % len(calls)])
-    latencies = []
-    for args in calls:
-        start = time.perf_counter()
-        fn(*args)
-        latencies.append((time.perf_counter() - start) * 1e3)
-    return Timing(latencies, sum(docs), sum(tokens), sum(latencies) / 1e3)
-
-
 class Workload:
     """The seeded texts every backend sees, with their token counts (from the ONNX tokenizer)."""
 
@@ -147,7 +131,8 @@ class Workload:
         self.words = word_pool(self.tokenizer)
         self.docs = make_texts(self.words, draw_lengths(cfg, cfg.docs, rng), rng)
         self.chunks = [self.docs[i:i + cfg.batch_size] for i in range(0, cfg.docs, cfg.batch_size)]
-        self.chunk_tokens = [sum(map(len, self.encode(c))) for c in self.chunks]
+        self.chunk_lengths = [[len(s) for s in self.encode(c)] for c in self.chunks]
+        self.chunk_tokens = [sum(n) for n in self.chunk_lengths]
         self.queries = make_texts(self.words, rng.integers(8, 33, size=cfg.queries), rng)
         self.rerank_sets = [
             (q, make_texts(self.words, draw_lengths(cfg, cfg.rerank_docs, rng), rng))
@@ -157,9 +142,20 @@ class Workload:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return encode_embedding_inputs(self.tokenizer, texts, self.max_length, self.prompts.eot_token)
 
-    def rerank_tokens(self, query: str, docs: Sequence[str], max_length: int) -> int:
+    def rerank_lengths(self, query: str, docs: Sequence[str], max_length: int) -> list[int]:
         seqs = encode_rerank_inputs(self.tokenizer, self.prompts, query, docs, None, max_length)
-        return sum(map(len, seqs))
+        return [len(s) for s in seqs]
+
+    def embed_shapes(self) -> set[tuple[int, int]]:
+        """Every (batch, length) the embedding measurements run (chunks and sweep)."""
+        calls = self.chunk_lengths + [[len(s) for s in self.encode(t)] for t in self.sweep.values()]
+        return batch_shapes(calls)
+
+
+def batch_shapes(calls: Sequence[Sequence[int]]) -> set[tuple[int, int]]:
+    """The padded (batch, length) shapes of the runtime's batch plan over each call's lengths."""
+    return {(len(b), max(lengths[i] for i in b)) for lengths in calls
+            for b in plan_batches(list(lengths), DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_BATCH)}
 
 
 # ---------------------------------------------------------------- backends
@@ -174,12 +170,17 @@ class OnnxBackend:
         return self.reranker.score(query, documents)
 
 
-def _backend(name: str, kind: str, source: str | None, onnx: OnnxBackend, device: str):
+def _backend(name: str, kind: str, source: str | None, onnx: OnnxBackend, device: str,
+             dynamic: bool = True):
     if name == "onnx":
         return onnx
     from embedrank.bench.torch_backend import TorchBackend
 
-    return TorchBackend(kind, source, device, compile=name == "torch-compile")
+    return TorchBackend(kind, source, device, variant=name, dynamic=dynamic)
+
+
+def _forward_reader(backend) -> Callable[[], float] | None:
+    return (lambda: backend.forward_ms) if hasattr(backend, "forward_ms") else None
 
 
 def torch_sources(embedder_dir, reranker_dir, sources: dict[str, str] | None = None) -> dict[str, str]:
@@ -211,23 +212,28 @@ def _release(name: str) -> None:
     free_device_memory()
 
 
-def bench_embed(backend, work: Workload) -> tuple[Timing, dict[int, float]]:
-    cfg = work.cfg
+def bench_embed(backend, work: Workload) -> tuple[Timing, dict[int, float], dict[int, float]]:
+    """The chunks, then the sweep: tokens/s per length of the whole call and of the forward
+    (empty for ONNX), each the median of ``sweep_repeats`` calls after one untimed call."""
+    cfg, reader = work.cfg, _forward_reader(backend)
     timing = time_calls(backend.embed, [(c,) for c in work.chunks], [len(c) for c in work.chunks],
-                        work.chunk_tokens, cfg.warmup)
-    sweep = {}
+                        work.chunk_tokens, cfg.warmup, cfg.repeats, reader)
+    sweep, sweep_forward = {}, {}
     for n, texts in work.sweep.items():
         tokens = sum(map(len, work.encode(texts)))
-        t = time_calls(backend.embed, [(texts,)] * cfg.sweep_repeats, [len(texts)] * cfg.sweep_repeats,
-                       [tokens] * cfg.sweep_repeats, 1)
-        sweep[n] = tokens / (float(np.median(t.latencies_ms)) / 1e3)
-    return timing, sweep
+        t = time_calls(backend.embed, [(texts,)], [len(texts)], [tokens], 1,
+                       max(1, cfg.sweep_repeats), reader).summary()
+        sweep[n] = t["tokens_per_s"]
+        if "forward" in t:
+            sweep_forward[n] = t["forward"]["tokens_per_s"]
+    return timing, sweep, sweep_forward
 
 
 def bench_rerank(backend, work: Workload, max_length: int) -> Timing:
     sets = work.rerank_sets
     return time_calls(backend.rerank, sets, [len(d) for _, d in sets],
-                      [work.rerank_tokens(q, d, max_length) for q, d in sets], work.cfg.warmup)
+                      [sum(work.rerank_lengths(q, d, max_length)) for q, d in sets], work.cfg.warmup,
+                      work.cfg.repeats, _forward_reader(backend))
 
 
 # ---------------------------------------------------------------- ingest and query
@@ -298,26 +304,31 @@ def run_bench(embedder_dir: str | Path, reranker_dir: str | Path | None, cfg: Be
             "model": model or Path(embedder.manifest.source or embedder_dir).name,
             "config": asdict(cfg), "dtype": embedder.manifest.dtype,
             "padding_waste": padding_waste([len(s) for s in work.encode(work.docs)], cfg.batch_size),
-            "embed": {}, "rerank": {}, "latencies_ms": {"embed": {}, "rerank": {}}, "sweep": {}}
+            "embed": {}, "rerank": {}, "latencies_ms": {"embed": {}, "rerank": {}}, "sweep": {},
+            "sweep_forward": {}, "rows": {"embed": {}, "rerank": {}}}
     names = ("onnx", *[b for b in BACKENDS[1:] if b in cfg.against])
+    dynamic, shapes = compile_shapes(work.embed_shapes())
     for name in names:
-        log(f"embed: {name}")
-        backend = _backend(name, "embedder", src.get("embedder"), onnx, cfg.device)
-        timing, full["sweep"][name] = bench_embed(backend, work)
-        full["embed"][name] = timing.summary()
-        log(f"embed {name}: {_figures(full['embed'][name])}")
-        full["latencies_ms"]["embed"][name] = timing.latencies_ms
+        _start_row(full, "embed", name, shapes, log)
+        backend = _backend(name, "embedder", src.get("embedder"), onnx, cfg.device, dynamic)
+        timing, full["sweep"][name], sweep_forward = bench_embed(backend, work)
+        if sweep_forward:
+            full["sweep_forward"][name] = sweep_forward
+        _end_row(full, "embed", name, timing, log)
         backend = None
         _release(name)
+    if reranker is not None:
+        dynamic, shapes = compile_shapes(batch_shapes(
+            [work.rerank_lengths(q, d, reranker.max_length) for q, d in work.rerank_sets]))
     for name in names if reranker else ():
-        log(f"rerank top-{cfg.rerank_docs}: {name}")
-        backend = _backend(name, "reranker", src.get("reranker"), onnx, cfg.device)
-        timing = bench_rerank(backend, work, reranker.max_length)
-        full["rerank"][name] = timing.summary()
-        log(f"rerank {name}: {_figures(full['rerank'][name])}")
-        full["latencies_ms"]["rerank"][name] = timing.latencies_ms
+        _start_row(full, "rerank", name, shapes, log)
+        backend = _backend(name, "reranker", src.get("reranker"), onnx, cfg.device, dynamic)
+        _end_row(full, "rerank", name, bench_rerank(backend, work, reranker.max_length), log)
         backend = None
         _release(name)
+    for section in ("embed", "rerank"):
+        full.setdefault("baseline", {})[section] = strongest(full[section])
+        full.setdefault("vs_baseline", {})[section] = ratios(full[section])
     log("ingest into Qdrant (in memory) and query")
     full["ingest"], query = bench_ingest_query(embedder, reranker, work)
     full["query"] = {k: v for k, v in query.summary().items() if k.endswith("_ms")}
@@ -325,14 +336,37 @@ def run_bench(embedder_dir: str | Path, reranker_dir: str | Path | None, cfg: Be
     return full
 
 
+def _start_row(full: dict, section: str, name: str, shapes: str, log: Callable[[str], None]) -> None:
+    cfg = full["config"]
+    full["rows"][section][name] = describe(name, cfg["device"], full["dtype"], shapes)
+    log(f"{section}: {name}")
+
+
+def _end_row(full: dict, section: str, name: str, timing: Timing, log: Callable[[str], None]) -> None:
+    full[section][name] = timing.summary()
+    full["latencies_ms"][section][name] = timing.latencies_ms
+    log(f"{section} {name}: {_figures(full[section][name])}")
+
+
 def _figures(m: dict) -> str:
-    return ", ".join(f"{k} {v:,.1f}" for k, v in m.items())
+    text = ", ".join(f"{k} {v:,.1f}" for k, v in m.items() if not isinstance(v, dict))
+    if m.get("forward"):
+        text += "; forward " + _figures(m["forward"])
+    return text
 
 
 def summary(full: dict) -> dict:
-    """The ``--json`` schema: device, model, embed, rerank, ingest, query (as measured)."""
+    """The ``--json`` schema: device, model, embed, rerank, ingest, query (as measured), and with
+    PyTorch rows: baseline (the strongest row per section), vs_baseline (the ratios), rows (what
+    each row runs and what its figures include)."""
     out = {"device": full["device"], "model": full["model"]}
     for key in ("embed", "rerank", "ingest", "query"):
         if full.get(key):
             out[key] = full[key]
+    measured = [s for s in ("embed", "rerank") if full.get(s)]
+    if any(full.get("baseline", {}).get(s) for s in measured):
+        out["baseline"] = {s: full["baseline"][s] for s in measured}
+        out["vs_baseline"] = {s: full["vs_baseline"][s] for s in measured}
+    if full.get("rows"):
+        out["rows"] = {s: full["rows"][s] for s in measured if full["rows"].get(s)}
     return out

@@ -1,24 +1,30 @@
-"""The PyTorch side of ``embedrank bench``: eager / torch.compile backends and random-weight models.
+"""The PyTorch side of ``embedrank bench``: the baseline rows and random-weight models.
 
-Imported lazily by :mod:`embedrank.bench.run` (which stays torch-free) only when
-``--against torch|torch-compile`` or ``--random-arch`` is given.
+Imported lazily by :mod:`embedrank.bench.run` (which stays torch-free) only when ``--against``
+or ``--random-arch`` is given. The rows are :data:`embedrank.bench.rows.TORCH_ROWS`; the
+causal-only ones run attention through :func:`causal_sdpa`, registered with transformers'
+``AttentionInterface`` (its public extension point).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from embedrank.bench.rows import TORCH_ROWS
 from embedrank.errors import InputError, MissingDependencyError
 from embedrank.export.onnx import export_model
-from embedrank.formats import pad_left, plan_batches
+from embedrank.formats import pad, plan_batches
 from embedrank.runtime import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET
 from embedrank.train.modeling import Embedder, Reranker, torch_device
+
+CAUSAL_ATTENTION = "embedrank_causal_sdpa"
 
 
 @dataclass(frozen=True)
@@ -46,31 +52,107 @@ def torch_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
-class TorchBackend:
-    """Embeds / reranks like the ONNX runtime does (same ids, same token-budget batches)."""
+# ---------------------------------------------------------------- causal-only attention
+def causal_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, scaling: float | None = None,
+                dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, None]:
+    """Self-attention with ``is_causal=True`` and no mask: SDPA may take its flash kernel.
 
-    def __init__(self, kind: str, src: str, device: str, compile: bool = False) -> None:
+    Exact for unpadded or right-padded rows read at their last real token: a real token never
+    attends to a later (padding) position. Left padding would be silently wrong, so the callers
+    check the padding side (:func:`check_right_padded`); a mask or a sliding window is refused here.
+    Grouped key / value heads go to SDPA as they are (``enable_gqa``).
+    """
+    if attention_mask is not None or kwargs.get("sliding_window"):
+        raise InputError("causal-only attention takes no attention mask and no sliding window; use "
+                         "the model's own attention implementation for masked input")
+    if query.shape[2] != key.shape[2]:
+        raise InputError("causal-only attention runs whole sequences, not cached decoding")
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
+        enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_causal_attention(model: torch.nn.Module) -> None:
+    """Register :func:`causal_sdpa` with transformers and switch ``model`` to it.
+
+    Under a custom attention name transformers builds no 4-D mask at all (also under
+    torch.compile, where it otherwise materializes one even with no padding).
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(CAUSAL_ATTENTION, causal_sdpa)
+    model.set_attn_implementation(CAUSAL_ATTENTION)
+
+
+def check_right_padded(mask: np.ndarray) -> None:
+    """Every row of ``mask`` is ones then zeros (unpadded or right-padded), else InputError."""
+    if mask.shape[1] > 1 and bool((np.diff(mask, axis=1) > 0).any()):
+        raise InputError("causal-only attention needs right-padded rows (the attention mask ones, "
+                         "then zeros); left padding would let real tokens attend to padding: pad "
+                         "right, or use the --against torch / torch-compile rows")
+
+
+# ---------------------------------------------------------------- the baseline rows
+class TorchBackend:
+    """Embeds / reranks like the ONNX runtime does (same ids, same token-budget batches).
+
+    ``variant``: a key of :data:`TORCH_ROWS`. ``dynamic`` (compiled rows): torch.compile's
+    ``dynamic`` (False when every batch has one shape). After each call, :attr:`forward_ms` holds
+    the time of its forward passes: CUDA events on CUDA, ``time.perf_counter`` on the CPU.
+    """
+
+    def __init__(self, kind: str, src: str, device: str, variant: str = "torch",
+                 dynamic: bool = True) -> None:
         torch_device(device)
+        if variant not in TORCH_ROWS:
+            raise InputError(f"unknown PyTorch row {variant!r}: one of {sorted(TORCH_ROWS)}")
+        self.row = TORCH_ROWS[variant]
         cls = Embedder if kind == "embedder" else Reranker
         self.module = cls.from_pretrained(src, dtype=torch_dtype(device), device=device).eval()
+        if self.row.attention == "causal":
+            use_causal_attention(self.module.model)
         self.device = device
+        self.cuda = device.startswith("cuda")
         self.forward = self.module
-        if compile:
-            # dynamic=True: one graph for all (batch, length) shapes instead of a recompile each
-            self.forward = torch.compile(self.module, dynamic=True)
+        if self.row.compiled:
+            mode = None if self.row.compile_mode == "default" else self.row.compile_mode
+            self.forward = torch.compile(self.module, mode=mode, dynamic=dynamic)
+        self.forward_ms = 0.0
+        self._events: list = []
 
     @torch.inference_mode()
+    def forward_arrays(self, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        """One padded batch through the module (causal-only rows: right-padded only)."""
+        if self.row.attention == "causal":
+            check_right_padded(mask)
+        ids_t = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        mask_t = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        if not self.cuda:
+            start = time.perf_counter()
+            out = self.forward(ids_t, mask_t)
+            self.forward_ms += (time.perf_counter() - start) * 1e3
+            return out
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = self.forward(ids_t, mask_t)
+        end.record()
+        self._events.append((start, end))
+        return out
+
     def _run(self, seqs: list[list[int]]) -> np.ndarray:
         """Results in input order (the batches run longest first, as the runtime's do)."""
-        out = None
+        out, self.forward_ms, self._events = None, 0.0, []
         for batch in plan_batches([len(s) for s in seqs], DEFAULT_TOKEN_BUDGET, DEFAULT_MAX_BATCH):
-            ids, mask = pad_left([seqs[i] for i in batch], self.module.pad_id)
-            ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-            mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
-            result = self.forward(ids, mask).float().cpu().numpy()
+            ids, mask = pad([seqs[i] for i in batch], self.module.pad_id, self.row.padding)
+            result = self.forward_arrays(ids, mask).float().cpu().numpy()
             if out is None:
                 out = np.zeros((len(seqs), *result.shape[1:]), dtype=np.float32)
             out[batch] = result
+        if self._events:
+            torch.cuda.synchronize(self.device)
+            self.forward_ms = sum(s.elapsed_time(e) for s, e in self._events)
         return out
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -137,5 +219,8 @@ def random_arch_models(arch: str, workdir: str | Path, device: str, with_reranke
 
 
 def free_device_memory() -> None:
+    """Drop compiled graphs (each row compiles its own; dynamo's recompile limit counts per code
+    object across rows) and cached device memory."""
+    torch.compiler.reset()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
