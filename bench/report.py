@@ -63,9 +63,14 @@ def _rows_text(full: dict) -> list[str]:
               "highest forward tokens/s): call over call, and forward over forward; an ONNX row "
               "has no forward figure, so its whole call stands in (a lower bound: its call "
               "includes tokenization and copies the baseline's forward leaves out).", ""]
+    described = full.get("rows", {})
     for section in ("embed", "rerank"):
-        for name, r in full.get("rows", {}).get(section, {}).items():
-            lines.append(f"- `{name}` ({section}): {r['runs']}.")
+        for name, r in described.get(section, {}).items():
+            other = described.get("rerank" if section == "embed" else "embed", {}).get(name)
+            if other is None or other["runs"] != r["runs"]:
+                lines.append(f"- `{name}` ({section}): {r['runs']}.")
+            elif section == "embed":  # the same in both sections: once
+                lines.append(f"- `{name}`: {r['runs']}.")
     return [*lines, ""]
 
 
@@ -77,8 +82,9 @@ def markdown(full: dict, images: bool = True) -> str:
              f"{'bf16' if cfg['device'].startswith('cuda') else 'fp32'}; {cfg.get('warmup', 2)} "
              f"untimed calls, then {cfg.get('repeats', 1)} timed passes over every call",
              f"- documents: {cfg['docs']} with lengths drawn uniformly from {lo}:{hi} tokens "
-             f"(seed {cfg['seed']}), {cfg['batch_size']} per embedding call; rerank: one query and "
-             f"{cfg['rerank_docs']} documents per call, {cfg['rerank_calls']} calls",
+             f"(seed {cfg['seed']}), {cfg['batch_size']} per embedding call" + (
+                 f"; rerank: one query and {cfg['rerank_docs']} documents per call, "
+                 f"{cfg['rerank_calls']} calls" if full.get("rerank") else ""),
              f"- padding waste of {cfg['batch_size']}-document batches: "
              f"{full['padding_waste']['unsorted']:.0%} in arrival order, "
              f"{full['padding_waste']['runtime_plan']:.0%} with the runtime's length-sorted "

@@ -84,6 +84,10 @@ def use_causal_attention(model: torch.nn.Module) -> None:
 
     AttentionInterface.register(CAUSAL_ATTENTION, causal_sdpa)
     model.set_attn_implementation(CAUSAL_ATTENTION)
+    if getattr(model.config, "_attn_implementation", None) != CAUSAL_ATTENTION:
+        raise InputError(f"{type(model).__name__} did not take the causal-only attention (transformers "
+                         "kept its own); this row needs a model built on transformers' "
+                         "AttentionInterface, such as Qwen3")
 
 
 def check_right_padded(mask: np.ndarray) -> None:
