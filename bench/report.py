@@ -134,7 +134,7 @@ def plot(full: dict, out: Path, prefix: str = "") -> list[Path]:
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.minorticks_off()
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths[0])
     plt.close(fig)

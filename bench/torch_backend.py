@@ -138,10 +138,11 @@ class TorchBackend:
             out = self.forward(ids_t, mask_t)
             self.forward_ms += (time.perf_counter() - start) * 1e3
             return out
+        stream = torch.cuda.current_stream(ids_t.device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(stream)
         out = self.forward(ids_t, mask_t)
-        end.record()
+        end.record(stream)
         self._events.append((start, end))
         return out
 

@@ -104,8 +104,12 @@ def run(step: str, work: Path, out: Path, cpu: bool, timeout: float) -> dict:
     if step in WITH_RERANKER:
         models += ["--reranker", str(work / "reranker")]
     cmd = [sys.executable, "-c", CLI, "bench", *models, "--device", "cpu" if cpu else "cuda",
-           "--against", "all", *RUNS[step][cpu], "--json", str(out / f"{step}.json"),
-           "--report", str(out / f"{step}_report")]
+           "--against", "all", *RUNS[step][cpu], "--json", str(out / f"{step}.json")]
+    if importlib.util.find_spec("matplotlib") is not None:
+        cmd += ["--report", str(out / f"{step}_report")]
+    else:
+        log(f"{step}: no matplotlib here, so no report (bench.md, plots, every latency): only the "
+            "JSON; install matplotlib next to onnxruntime-gpu for the report")
     log(f"{step}: embedrank {' '.join(cmd[3:])}")
     start = time.perf_counter()
     with (out / f"{step}.log").open("w") as fh:

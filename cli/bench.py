@@ -9,7 +9,7 @@ import tempfile
 import click
 
 from embedrank.bench.rows import AGAINST_CHOICES
-from embedrank.errors import InputError
+from embedrank.errors import InputError, require
 
 ARCH_CHOICES = ["qwen3-0.6b", "qwen3-4b", "qwen3-8b"]
 
@@ -91,6 +91,8 @@ def bench(embedder_dir, reranker_dir, device, against, source, reranker_source, 
     if (source or reranker_source) and (not against or random_arch):
         raise InputError("--source / --reranker-source name the PyTorch checkpoints for --against "
                          "with --embedder DIR")
+    if report_dir:  # before minutes of measuring, not after
+        require("matplotlib", "bench")
     sources = {k: v for k, v in (("embedder", source), ("reranker", reranker_source)) if v}
     cfg = BenchConfig(device=device, lengths=parse_lengths(lengths), batch_size=batch_size,
                       docs=docs, rerank_calls=rerank_calls, queries=queries, warmup=warmup,
