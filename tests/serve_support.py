@@ -32,6 +32,11 @@ async def running(app):
             yield client
 
 
+DOCS = ["Qdrant stores vectors and payloads.", "The reranker scores query-document pairs.",
+        "ONNX Runtime runs the exported graph on the CPU.", "Short one."]
+INSTRUCTION = "Given a question, find the sentence that answers it"
+
+
 def qdrant_infer_body(inputs: list[tuple[str, str, dict | None]], inference: str = "update",
                       token: str | None = None) -> bytes:
     """The body Qdrant v1.19 POSTs to ``inference.address``, byte for byte as serde writes it

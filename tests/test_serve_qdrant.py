@@ -12,16 +12,13 @@ import json
 
 import numpy as np
 import pytest
-from serve_support import qdrant_infer_body, running
+from serve_support import DOCS, INSTRUCTION, qdrant_infer_body, running
 
 from embedrank.runtime import Embedder
 from embedrank.serve import ModelSet, ServeOptions, create_app
 from embedrank.serve.models import ServedEmbedder
 
-DOCS = ["Qdrant stores vectors and payloads.", "The reranker scores query-document pairs.",
-        "ONNX Runtime runs the exported graph on the CPU.", "Short one."]
 QUERY = "what runs the graph?"
-INSTRUCTION = "Given a question, find the sentence that answers it"
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,13 @@ import qdrant_client
 from qdrant_client import models
 from qdrant_client.http.exceptions import UnexpectedResponse
 from qdrant_standin import Hook, StandIn
-from serve_support import qdrant_infer_body
+from serve_support import DOCS, INSTRUCTION, qdrant_infer_body
 
 from embedrank.runtime import Embedder
 from embedrank.serve import ModelSet, ServeOptions, create_app
 from embedrank.serve.models import ServedEmbedder
 
-DOCS = ["Qdrant stores vectors and payloads.", "The reranker scores query-document pairs.",
-        "ONNX Runtime runs the exported graph on the CPU.", "Short one."]
 MODEL = "Qwen3-Tiny"
-INSTRUCTION = "Given a question, find the sentence that answers it"
 
 
 @pytest.fixture(scope="module")
