@@ -35,7 +35,7 @@ from embedrank.serve.batcher import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_QUEUE, DEF
 @click.option("--workers", default=DEFAULT_WORKERS, show_default=True, type=click.IntRange(min=1),
               help="Forward passes of one model running at once.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="ONNX Runtime threads per model [default: all cores].")
+              help="ONNX Runtime threads per model [default: cores / --workers on CPU].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True, help="Logging level (info: one line per request).")
 def serve(embedders, rerankers, host, port, device, token_env, qdrant, batch_tokens, max_queue,

@@ -74,7 +74,8 @@ class ModelSet:
     @classmethod
     def load(cls, options: ServeOptions) -> ModelSet:
         """Load every model of ``options`` (and register its name with the plugin)."""
-        kwargs = {"threads": options.threads} if options.threads else {}
+        threads = options.model_threads()
+        kwargs = {"threads": threads} if threads else {}
         embedders = [ServedEmbedder(s.name, Embedder.load(s.path, options.device, s.dim, **kwargs))
                      for s in options.embedders]
         rerankers = [ServedReranker(s.name, Reranker.load(s.path, options.device, **kwargs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,17 @@ class ServeOptions:
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     max_queue: int = DEFAULT_MAX_QUEUE
     workers: int = DEFAULT_WORKERS
-    threads: int | None = None  # ONNX Runtime intra-op threads per model (None: all cores)
+    threads: int | None = None  # ONNX Runtime intra-op threads per model (None: model_threads())
+
+    def model_threads(self) -> int | None:
+        """ONNX Runtime intra-op threads per model: ``threads`` if set; on CPU, the cores shared
+        by the ``workers`` passes that run at once (more threads than cores spin against each
+        other); elsewhere None (ONNX Runtime's default)."""
+        if self.threads:
+            return self.threads
+        if self.device != "cpu":
+            return None
+        return max(1, usable_cores() // self.workers)
 
     def check(self, models: bool = True) -> ServeOptions:
         """Raise :class:`InputError` for an unusable setting (``models``: need a model spec)."""
@@ -61,3 +72,10 @@ class ServeOptions:
             raise InputError(f"--qdrant must be an http(s) URL such as http://localhost:6333, "
                              f"got {self.qdrant!r}")
         return self
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1

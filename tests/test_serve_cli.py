@@ -18,6 +18,7 @@ from embedrank.cli import main
 from embedrank.errors import InputError
 from embedrank.runtime import Embedder
 from embedrank.serve import ModelSpec, ServeOptions
+from embedrank.serve.settings import usable_cores
 
 
 def test_every_option_is_documented():
@@ -60,6 +61,23 @@ def test_refusals(monkeypatch, embedder_dir):
         ServeOptions(embedders=(ModelSpec.parse("a=/x"), ModelSpec.parse("A=/y"))).check()
     with pytest.raises(InputError, match="--qdrant must be an http"):
         ServeOptions(embedders=(ModelSpec.parse("a=/x"),), qdrant="localhost:6333").check()
+
+
+def test_model_threads(monkeypatch, embedder_dir):
+    """On CPU the --workers passes share the cores (ONNX Runtime's threads would spin against
+    each other); --threads wins; on CUDA ONNX Runtime keeps its default."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert usable_cores() == 8
+    assert ServeOptions(workers=2).model_threads() == 4
+    assert ServeOptions(workers=3).model_threads() == 2
+    assert ServeOptions(workers=16).model_threads() == 1
+    assert ServeOptions(workers=2, threads=7).model_threads() == 7
+    assert ServeOptions(workers=2, device="cuda").model_threads() is None
+    from embedrank.serve.models import ModelSet
+
+    served = ModelSet.load(ServeOptions(embedders=(ModelSpec.parse(f"e={embedder_dir}"),), workers=8))
+    options = served.embedders["e"].embedder.session.get_session_options()
+    assert options.intra_op_num_threads == 1
 
 
 def _free_port() -> int:
