@@ -9,6 +9,7 @@ PyTorch reference and the ONNX runtime feed the graph exactly the same ids.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -162,6 +163,35 @@ def _pattern(strings: tuple[str, ...]) -> re.Pattern | None:
     return re.compile("(" + "|".join(map(re.escape, strings)) + ")") if strings else None
 
 
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+HEADS_KEPT = 256  # query template heads (per instruction) kept per tokenizer
+
+
+def _cache(tokenizer) -> dict:
+    """What is kept per tokenizer object (reading its added vocabulary costs more than tokenizing
+    a query): emptied when its vocabulary size changes (``add_tokens``)."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    try:
+        cache = _CACHES.get(tokenizer)
+        if cache is None or cache["size"] != size:
+            cache = _CACHES[tokenizer] = {"size": size}
+    except TypeError:  # an object that cannot be weakly referenced: nothing kept
+        cache = {"size": size}
+    return cache
+
+
+def _added_patterns(tokenizer) -> tuple[re.Pattern | None, re.Pattern | None]:
+    """The patterns of the tokenizer's added tokens: all of them, and those matched after
+    normalization."""
+    cache = _cache(tokenizer)
+    if "patterns" not in cache:
+        decoder = tokenizer.get_added_tokens_decoder().values()
+        cache["patterns"] = (_pattern(control_strings(tokenizer)),
+                             _pattern(tuple(t.content for t in decoder if t.normalized))
+                             if tokenizer.normalizer is not None else None)
+    return cache["patterns"]
+
+
 def _plain_ids(tokenizer, text: str) -> list[int]:
     """``text`` through the normalizer, the pre-tokenizer and the model, never the added vocabulary."""
     if tokenizer.normalizer is not None:
@@ -181,17 +211,19 @@ def encode_text(tokenizer, texts: Sequence[str], add_special_tokens: bool = Fals
     """
     encs = tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
     out = [list(enc.ids) for enc in encs]
-    pattern = None if raw_control_tokens else _pattern(control_strings(tokenizer))
-    if pattern is None:
+    if raw_control_tokens:
         return out
     # tokens matched after normalization (none in Qwen3's tokenizer) are looked for there too
-    normalized = _pattern(tuple(t.content for t in tokenizer.get_added_tokens_decoder().values()
-                                if t.normalized)) if tokenizer.normalizer is not None else None
-    before, after = _wrapper(tokenizer) if add_special_tokens else ([], [])
+    pattern, normalized = _added_patterns(tokenizer)
+    if pattern is None:
+        return out
+    wrapper = None
     for i, text in enumerate(texts):
         if pattern.search(text) or (normalized is not None and normalized.search(
                 tokenizer.normalizer.normalize_str(text))):
-            out[i] = before + _plain_ids(tokenizer, text) + after
+            if wrapper is None:
+                wrapper = _wrapper(tokenizer) if add_special_tokens else ([], [])
+            out[i] = wrapper[0] + _plain_ids(tokenizer, text) + wrapper[1]
     return out
 
 
@@ -200,7 +232,7 @@ def encode_template(tokenizer, template: str, rows: Sequence[dict[str, str]],
                     raw_control_tokens: bool = False) -> list[list[int]]:
     """Token ids of ``template.format(**row)`` per row: control tokens written in the template
     stay control tokens, the values (user text) are read as plain text (see :func:`encode_text`)."""
-    pattern = _pattern(control_strings(tokenizer))
+    pattern = _added_patterns(tokenizer)[0]
     parts = pattern.split(template) if pattern is not None and not raw_control_tokens else [template]
     if len(parts) == 1:  # the usual case: no control token in the template itself
         return encode_text(tokenizer, [template.format(**row) for row in rows], add_special_tokens,
@@ -246,18 +278,30 @@ def encode_query_inputs(tokenizer, fmt: PromptFormat, queries: Sequence[str],
     """Embedding ids of queries in ``fmt.query_template``; refuses an instruction that leaves
     the query fewer than :data:`MIN_TEXT_TOKENS` tokens of ``max_length``."""
     instruction = fmt.default_instruction if instruction is None else instruction
-    (head,) = encode_template(tokenizer, fmt.query_template, [{"instruction": instruction, "query": ""}],
-                              raw_control_tokens=raw_control_tokens)
-    room = max_length - 1 - len(head)  # the final EOT takes one
+    head = _head_length(tokenizer, fmt.query_template, instruction, raw_control_tokens)
+    room = max_length - 1 - head  # the final EOT takes one
     if room < MIN_TEXT_TOKENS:
         raise InputError(
-            f"the query instruction takes {len(head)} of the embedder's {max_length}-token limit, "
+            f"the query instruction takes {head} of the embedder's {max_length}-token limit, "
             f"leaving {max(room, 0)} tokens for the query (at least {MIN_TEXT_TOKENS} needed); "
             "shorten the instruction")
     eot = token_id(tokenizer, fmt.eot_token)
     rows = [{"instruction": instruction, "query": q} for q in queries]
     return [_embedding_ids(ids, eot, max_length) for ids in encode_template(
         tokenizer, fmt.query_template, rows, True, raw_control_tokens)]
+
+
+def _head_length(tokenizer, template: str, instruction: str, raw_control_tokens: bool) -> int:
+    """Tokens of the query template with an empty query (kept per tokenizer and instruction)."""
+    heads = _cache(tokenizer).setdefault("heads", {})
+    key = (template, instruction, raw_control_tokens)
+    if key not in heads:
+        if len(heads) >= HEADS_KEPT:
+            heads.clear()
+        (ids,) = encode_template(tokenizer, template, [{"instruction": instruction, "query": ""}],
+                                 raw_control_tokens=raw_control_tokens)
+        heads[key] = len(ids)
+    return heads[key]
 
 
 def encode_rerank_inputs(tokenizer, fmt: PromptFormat, query: str, documents: Sequence[str],

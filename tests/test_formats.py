@@ -224,6 +224,26 @@ def test_control_tokens_written_in_a_template_stay_real(tokenizer, no_added_toke
     assert ids == [IM_START, *find, *plain, IM_END, EOT]
 
 
+def test_what_is_kept_per_tokenizer_follows_its_vocabulary(tokenizer, no_added_tokens):
+    """The added-token patterns and query heads are kept per tokenizer object (a speed-up of the
+    serving path): a token added afterwards is still read as plain text in user text."""
+    from embedrank.formats import encode_text, plain_tokenizer
+
+    tok = plain_tokenizer(tokenizer)  # a copy: the session's tokenizer stays as it is
+    text = "a <|mine|> b"
+    plain = no_added_tokens.encode(text, add_special_tokens=False).ids
+    assert encode_text(tok, [text]) == [plain]
+    tok.add_special_tokens(["<|mine|>"])
+    assert tok.encode(text, add_special_tokens=False).ids != plain  # the tokenizer parses it now
+    assert encode_text(tok, [text]) == [plain]
+    (ids,) = encode_query_inputs(tok, QWEN3, [text], "find <|mine|>", 8192)
+    assert tok.token_to_id("<|mine|>") not in ids
+    for instruction in ("word " * 40, "word " * 44, "word " * 40):  # each its own head length
+        head = len(no_added_tokens.encode(f"Instruct: {instruction}\nQuery:").ids)
+        with pytest.raises(InputError, match=f"takes {head} of the embedder's {head + 16}-token limit"):
+            encode_query_inputs(tok, QWEN3, ["q"], instruction, head + 16)
+
+
 # --------------------------------------------------------------------------- degenerate truncation
 
 
