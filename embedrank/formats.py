@@ -169,7 +169,9 @@ HEADS_KEPT = 256  # query template heads (per instruction) kept per tokenizer
 
 def _cache(tokenizer) -> dict:
     """What is kept per tokenizer object (reading its added vocabulary costs more than tokenizing
-    a query): emptied when its vocabulary size changes (``add_tokens``)."""
+    a query): emptied when its vocabulary size changes (``add_tokens``). The runtime's tokenizers
+    are private copies (:func:`plain_tokenizer`); one whose normalizer or pre-tokenizer is swapped
+    in place keeps what was read before."""
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     try:
         cache = _CACHES.get(tokenizer)
@@ -181,14 +183,12 @@ def _cache(tokenizer) -> dict:
 
 
 def _added_patterns(tokenizer) -> tuple[re.Pattern | None, re.Pattern | None]:
-    """The patterns of the tokenizer's added tokens: all of them, and those matched after
-    normalization."""
+    """Patterns of the added tokens: all, and those matched after normalization."""
     cache = _cache(tokenizer)
     if "patterns" not in cache:
-        decoder = tokenizer.get_added_tokens_decoder().values()
+        normalized = tuple(t.content for t in tokenizer.get_added_tokens_decoder().values() if t.normalized)
         cache["patterns"] = (_pattern(control_strings(tokenizer)),
-                             _pattern(tuple(t.content for t in decoder if t.normalized))
-                             if tokenizer.normalizer is not None else None)
+                             _pattern(normalized) if tokenizer.normalizer is not None else None)
     return cache["patterns"]
 
 
@@ -295,13 +295,15 @@ def _head_length(tokenizer, template: str, instruction: str, raw_control_tokens:
     """Tokens of the query template with an empty query (kept per tokenizer and instruction)."""
     heads = _cache(tokenizer).setdefault("heads", {})
     key = (template, instruction, raw_control_tokens)
-    if key not in heads:
-        if len(heads) >= HEADS_KEPT:
-            heads.clear()
+    length = heads.get(key)
+    if length is None:  # threads may race here: each computes the same length
         (ids,) = encode_template(tokenizer, template, [{"instruction": instruction, "query": ""}],
                                  raw_control_tokens=raw_control_tokens)
-        heads[key] = len(ids)
-    return heads[key]
+        length = len(ids)
+        if len(heads) >= HEADS_KEPT:
+            heads.clear()
+        heads[key] = length
+    return length
 
 
 def encode_rerank_inputs(tokenizer, fmt: PromptFormat, query: str, documents: Sequence[str],
