@@ -26,7 +26,8 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+
+from common import cpu_model
 
 WORDS = ("vector search engine query document passage rerank model token batch server client "
          "latency throughput embedding collection payload filter index cluster node shard").split()
@@ -140,16 +141,6 @@ def workloads(args, embedder, reranker) -> dict[str, tuple[list, list]]:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedder", required=True, help="embedder model directory")
@@ -190,7 +181,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
     if args.json:
-        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "args": vars(args), "rows": rows}, f, indent=1)

@@ -168,14 +168,11 @@ HEADS_KEPT = 256  # query template heads (per instruction) kept per tokenizer
 
 
 def _cache(tokenizer) -> dict:
-    """What is kept per tokenizer object (reading its added vocabulary costs more than tokenizing
-    a query): emptied when its vocabulary size changes (``add_tokens``). The runtime's tokenizers
-    are private copies (:func:`plain_tokenizer`); one whose normalizer or pre-tokenizer is swapped
-    in place keeps what was read before."""
+    """What is kept per tokenizer object, emptied when its vocabulary size changes (``add_tokens``);
+    the runtime's tokenizers are private copies (:func:`plain_tokenizer`), never edited in place."""
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     try:
-        cache = _CACHES.get(tokenizer)
-        if cache is None or cache["size"] != size:
+        if (cache := _CACHES.get(tokenizer)) is None or cache["size"] != size:
             cache = _CACHES[tokenizer] = {"size": size}
     except TypeError:  # an object that cannot be weakly referenced: nothing kept
         cache = {"size": size}
@@ -294,15 +291,13 @@ def encode_query_inputs(tokenizer, fmt: PromptFormat, queries: Sequence[str],
 def _head_length(tokenizer, template: str, instruction: str, raw_control_tokens: bool) -> int:
     """Tokens of the query template with an empty query (kept per tokenizer and instruction)."""
     heads = _cache(tokenizer).setdefault("heads", {})
-    key = (template, instruction, raw_control_tokens)
-    length = heads.get(key)
+    length = heads.get(key := (template, instruction, raw_control_tokens))
     if length is None:  # threads may race here: each computes the same length
-        (ids,) = encode_template(tokenizer, template, [{"instruction": instruction, "query": ""}],
-                                 raw_control_tokens=raw_control_tokens)
-        length = len(ids)
         if len(heads) >= HEADS_KEPT:
             heads.clear()
-        heads[key] = length
+        heads[key] = length = len(encode_template(
+            tokenizer, template, [{"instruction": instruction, "query": ""}],
+            raw_control_tokens=raw_control_tokens)[0])
     return length
 
 
@@ -317,20 +312,18 @@ def encode_rerank_inputs(tokenizer, fmt: PromptFormat, query: str, documents: Se
     would be cut to a few tokens and score alike.
     """
     tok = tokenizer
-    prefix = tok.encode(fmt.rerank_prefix, add_special_tokens=False).ids
-    suffix = tok.encode(fmt.rerank_suffix, add_special_tokens=False).ids
+    prefix, suffix = (tok.encode(t, add_special_tokens=False).ids for t in (fmt.rerank_prefix,
+                                                                          fmt.rerank_suffix))
     budget = max_length - len(prefix) - len(suffix)
-    instruction = fmt.default_instruction if instruction is None else instruction
-    row = {"instruction": instruction, "query": query}
+    row = {"instruction": fmt.default_instruction if instruction is None else instruction, "query": query}
     (head,) = encode_template(tok, fmt.rerank_body, [{**row, "document": ""}],
                               raw_control_tokens=raw_control_tokens)
     if budget - len(head) < MIN_TEXT_TOKENS:
-        raise InputError(
-            f"the reranker query and instruction take {len(head)} of the {max(budget, 0)} tokens "
-            f"left for them and the document (max_length {max_length} minus "
-            f"{len(prefix) + len(suffix)} for the template), leaving {max(budget - len(head), 0)} "
-            f"for each document (at least {MIN_TEXT_TOKENS} needed); shorten the query or the "
-            "instruction")
+        raise InputError(f"the reranker query and instruction take {len(head)} of the {max(budget, 0)} "
+                         f"tokens left for them and the document (max_length {max_length} minus "
+                         f"{len(prefix) + len(suffix)} for the template), leaving "
+                         f"{max(budget - len(head), 0)} for each document (at least {MIN_TEXT_TOKENS} "
+                         "needed); shorten the query or the instruction")
     bodies = encode_template(tok, fmt.rerank_body, [{**row, "document": d} for d in documents],
                              raw_control_tokens=raw_control_tokens)
     return [prefix + ids[:budget] + suffix for ids in bodies]
@@ -345,9 +338,8 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left",
     if side not in PADDING_SIDES:
         raise InputError(f"padding side must be one of {PADDING_SIDES}, got {side!r}")
     longest = max(len(s) for s in seqs)
-    if width is None:
-        width = longest
-    elif width < longest:
+    width = longest if width is None else width
+    if width < longest:
         raise InputError(f"cannot pad a {longest}-token sequence to width {width}")
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
