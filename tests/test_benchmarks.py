@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("gpu_bench", "gpu_probes", "quant_bench", "compare", "eval_checkpoints", "debian_beir",
-           "serve_bench", "bench_gpu", "eot_probe")
+           "serve_bench", "bench_gpu", "eot_probe", "synth_probe")
 
 
 def test_every_python_file_in_benchmarks_is_listed():
