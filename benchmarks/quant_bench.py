@@ -102,9 +102,8 @@ def subset(doc_ids, docs, query_ids, queries, qrels, limit: int):
     """The first ``limit // 2`` queries and ``limit`` documents: their positives, then the
     corpus in order (so every kept query can find what it is looking for)."""
     query_ids, queries = query_ids[:limit // 2], queries[:limit // 2]
-    keep = dict.fromkeys(d for q in query_ids for d, rel in qrels[q].items() if rel > 0)
-    keep.update(dict.fromkeys(doc_ids))
-    chosen = set(list(keep)[:max(limit, 1)])
+    positives = dict.fromkeys(d for q in query_ids for d, rel in qrels[q].items() if rel > 0)
+    chosen = set(list({**positives, **dict.fromkeys(doc_ids)})[:max(limit, 1)])
     pairs = [(d, t) for d, t in zip(doc_ids, docs, strict=True) if d in chosen]
     return [d for d, _ in pairs], [t for _, t in pairs], query_ids, queries
 
@@ -316,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timing-only", action="store_true",
                         help="skip the quality pass (embedding every text with every variant)")
     parser.add_argument("--limit", type=int, default=None,
-                        help="use the first LIMIT/2 queries and LIMIT documents: their positives, "
-                             "then the corpus in order")
+                        help="the first LIMIT/2 queries and LIMIT documents (positives first)")
     parser.add_argument("--pooled-token", default=None,
                         help="pool this token instead of <|endoftext|> (non-Qwen checkpoints)")
     return parser
@@ -374,8 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = ("test",) if args.eval_split == "test" else ("train", "test")
     doc_ids, docs, query_ids, queries, qrels = load_texts(data, splits)
     if args.limit:
-        doc_ids, docs, query_ids, queries = subset(doc_ids, docs, query_ids, queries, qrels,
-                                                   args.limit)
+        doc_ids, docs, query_ids, queries = subset(doc_ids, docs, query_ids, queries, qrels, args.limit)
     rows, dirs = fp32_rows(args, src)
     more_rows, more_dirs = recipe_rows(args, recipes, dirs[0], data)
     rows, dirs = rows + more_rows, dirs + more_dirs
