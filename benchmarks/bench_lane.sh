@@ -27,12 +27,7 @@ if [ -n "${DRY:-}" ]; then
   DEV=cpu HALF=fp32 REQ=8 BENCH=(--cpu) GPUBENCH=(env GPU_BENCH_DRY_RUN=1)
 fi
 
-step() {  # step NAME CMD...: run, log to logs/NAME.log, time into times.jsonl
-  local name=$1; shift; local t0=$SECONDS
-  echo "$(date +%T) start $name"; "$@" > "$W/logs/$name.log" 2>&1; local rc=$?
-  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" >> "$W/times.jsonl"
-  echo "$(date +%T) done $name rc=$rc"; return $rc
-}
+. ./steps.sh  # (the script runs from benchmarks/)
 
 export_half() {  # export_half KIND OUT: fp16 for CUDA, fp32 when fp16 misses the parity check
   env $ORT_ENV embedrank export "$1" "$W/bench-smol" "$2" --dtype $HALF --device $DEV \

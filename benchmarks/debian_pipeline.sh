@@ -37,12 +37,7 @@ EMB=(--data "$W/mined.jsonl" --batch-size 64 --negatives 3 --max-length 128 --te
      --device $DEV --save-every 0)
 RR=(--batch-size 32 --negatives 3 --max-length $LEN --full --device $DEV)
 
-step() {  # step NAME CMD...: run, log to logs/NAME.log, time into times.jsonl
-  local name=$1; shift; local t0=$SECONDS
-  echo "$(date +%T) start $name"; "$@" > "$W/logs/$name.log" 2>&1; local rc=$?
-  echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" >> "$W/times.jsonl"
-  echo "$(date +%T) done $name rc=$rc"; return $rc
-}
+. "$(dirname "$0")/steps.sh"
 
 s_per_step() {  # mean seconds per optimizer step of a train_log.jsonl, first 3 steps left out
   python3 - "$1" <<'EOF'
