@@ -64,9 +64,10 @@ def _export_options(fn):
                           "fp32 on cuda]."),
         click.option("--rewrites", default=None, metavar="LIST",
                      help="Graph rewrites of the fused GQA graph, comma-separated: qkv (packed QKV, "
-                          "q/k norms in the op; CUDA), swiglu (one fused SwiGLU kernel, opt-in: "
-                          "needs `embedrank ops build` where the model is exported and served), "
-                          "or none [default: qkv on cuda, none on cpu]."),
+                          "q/k norms in the op; CUDA), swiglu (one fused SwiGLU kernel), rope (embedrank's "
+                          "q/k norm + rotary kernel and causal MultiHeadAttention, instead of qkv); "
+                          "swiglu and rope are opt-in: they need `embedrank ops build` where the "
+                          "model is exported and served; or none [default: qkv on cuda, none on cpu]."),
         click.option("--int8-recipe", type=click.Choice(["int8-block32", "w8-block32", "smooth-pertoken"]),
                      default=None, help="With --dtype int8: int8-block32 (no calibration), w8-block32 "
                      "(weight-only, closest to fp32) or smooth-pertoken (fastest; needs --calibration) "
@@ -108,7 +109,7 @@ def _rewrites(text: str | None) -> tuple[str, ...] | None:
         return ()
     names = tuple(r.strip() for r in text.split(",") if r.strip())
     if not names:
-        raise click.BadParameter("give rewrite names (qkv, swiglu) or 'none'",
+        raise click.BadParameter("give rewrite names (qkv, swiglu, rope) or 'none'",
                                  param_hint="--rewrites")
     return names
 

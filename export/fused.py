@@ -40,7 +40,7 @@ FUSED_OPSET = 20
 # fused op type -> the onnxscript fusion counts that produce it
 FUSED_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
              "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "MoE",
-             "SwiGLU")  # SwiGLU: ai.embedrank (embedrank.ops), the "swiglu" rewrite
+             "SwiGLU", "QKVRotary")  # ai.embedrank (embedrank.ops): the swiglu / rope rewrites
 REQUIRED_OPS = ("SimplifiedLayerNormalization", "MultiHeadAttention")
 
 
@@ -281,9 +281,9 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
         _optimize_for_ort(model)
         if not gqa:
             _fuse_rotary(model, max_positions)
+    layers = op_counts(model)["GroupQueryAttention"]
     rewritten = apply_rewrites(model, rewrites, fold_norms=device.startswith("cuda"))
     counts = op_counts(model)
-    layers = counts["GroupQueryAttention"]
     missed = {name: n for name, n in rewritten.items() if name in rewrites and n != layers}
     if strict_rewrites and missed:
         hint = (" (a model with q/k norms packs on device='cuda' only: ONNX Runtime runs the in-op "
@@ -291,7 +291,7 @@ def export_fused(graph: nn.Module, kind: str, path: Path, *, output: str, dim: i
         raise FusionError(f"the {'/'.join(missed)} rewrite fits {missed} of {layers} layers of this "
                           f"{kind}{hint}; export without --rewrites {','.join(missed)}")
     missing = [op for op in REQUIRED_OPS if not counts[op]]
-    if counts["GroupQueryAttention"]:  # the other fused attention
+    if layers:  # the other fused attention (or, after the rope rewrite, its MultiHeadAttention)
         missing = [op for op in missing if op != "MultiHeadAttention"]
     if missing:
         raise FusionError(f"the fused export found no {' / '.join(missing)} pattern in this "

@@ -23,7 +23,7 @@ from embedrank.export.cuda_rewrites import MIN_ORT_QK_NORM, REWRITES
 from embedrank.export.fused import ATTENTIONS, FUSED_OPSET, export_fused
 from embedrank.formats import MIN_MATRYOSHKA_DIM
 from embedrank.manifest import GRAPH_NAME, OUTPUT_NAMES, Manifest
-from embedrank.ops import OPS, find_library
+from embedrank.ops import find_library
 from embedrank.outputs import check_no_overlap, check_replaceable
 from embedrank.train.modeling import Embedder, Reranker, last_token_pool, position_ids, torch_device
 
@@ -135,8 +135,10 @@ def _requirements(fused_ops: dict) -> dict:
     needs = {}
     if fused_ops.get("rewrite_qkv_norms"):  # ONNX Runtime's in-op q / k norm: CUDA only, from 1.31
         needs.update(requires_device="cuda", min_onnxruntime=MIN_ORT_QK_NORM)
-    if fused_ops.get("rewrite_swiglu"):  # the runtime registers embedrank.ops
-        needs["custom_ops"] = OPS
+    custom = [op for op, rewrite in (("SwiGLU", "swiglu"), ("QKVRotary", "rope"))
+              if fused_ops.get(f"rewrite_{rewrite}")]
+    if custom:  # the runtime registers embedrank.ops
+        needs["custom_ops"] = tuple(custom)
     return needs
 
 
@@ -238,7 +240,7 @@ def export_model(kind: str, src: str, out: str | Path, *, dtype: str | None = No
         raise InputError(f"kind must be one of {sorted(OUTPUT_NAMES)}, got {kind!r}")
     strict_rewrites = rewrites is not None  # asked for: every layer; the device default: where it fits
     dtype, optimize, attention, rewrites = resolve_variant(device, dtype, optimize, attention, rewrites)
-    if "swiglu" in rewrites:  # before anything is exported (the parity check needs the library)
+    if {"swiglu", "rope"} & set(rewrites):  # before anything is exported (parity needs the library)
         find_library(cuda=device.startswith("cuda"))
     int8 = _int8_plan(kind, dtype, int8_recipe, calibration)
     opset = opset or (FUSED_OPSET if optimize == "fused" else DEFAULT_OPSET)

@@ -1,8 +1,13 @@
 """embedrank's ONNX Runtime custom ops (the ``ai.embedrank`` domain), built from source on demand.
 
-One op so far, ``SwiGLU`` (``swiglu.h``): the SiLU-gated product of an MLP's gate and up
-projections in one pass, which ONNX Runtime 1.31 has no CUDA kernel for (the ``"swiglu"``
-graph rewrite of :mod:`embedrank.export.cuda_rewrites` uses it). The library has a CPU kernel
+Two ops (``ops.h``), each used by a graph rewrite of :mod:`embedrank.export.cuda_rewrites`:
+
+* ``SwiGLU``: the SiLU-gated product of an MLP's gate and up projections in one pass, which
+  ONNX Runtime 1.31 has no CUDA kernel for (the ``"swiglu"`` rewrite);
+* ``QKVRotary``: from the packed q / k / v projections to the inputs of causal attention in one
+  pass (Qwen3's q / k RMS norms, the rotary embedding, key / value heads repeated for their query
+  heads), where ONNX Runtime's GroupQueryAttention spends a quarter of the GPU time in its own
+  unpack kernel (the ``"rope"`` rewrite). The library has a CPU kernel
 always and a CUDA kernel when built with ``nvcc``; it needs only ONNX Runtime's C API headers,
 not its binaries. ``embedrank ops build`` compiles it into the cache; exports that use it record
 that in their manifest and the runtime registers it with the session.
@@ -29,8 +34,8 @@ from pathlib import Path
 from embedrank.errors import OpsError
 
 DOMAIN = "ai.embedrank"
-OPS = ("SwiGLU",)  # what the library registers in DOMAIN
-SOURCES = ("swiglu.h", "swiglu_op.cc", "swiglu_cuda.cu")
+OPS = ("SwiGLU", "QKVRotary")  # what the library registers in DOMAIN
+SOURCES = ("ops.h", "ops.cc", "ops_cuda.cu")
 LIBRARY_ENV = "EMBEDRANK_OPS_LIBRARY"  # an explicit library file, used as is
 # compute capabilities compiled ahead of time (Ampere, Ada, Hopper); PTX of the last one lets
 # newer GPUs JIT-compile it
@@ -72,8 +77,9 @@ def find_library(cuda: bool) -> Path:
         if candidate.is_file():
             return candidate
     need = " with its CUDA kernel" if cuda else ""
+    build = f"embedrank ops build{' --cuda' if cuda else ''}"
     raise OpsError(f"embedrank's custom-op library ({DOMAIN}, used by exports made with --rewrites "
-                   f"swiglu) is not built{need}: run `embedrank ops build{' --cuda' if cuda else ''}` "
+                   f"swiglu or rope) is not built{need}: run `{build}` "
                    f"(or set ${LIBRARY_ENV})")
 
 
@@ -133,13 +139,13 @@ def build(cuda: bool | None = None, out: str | os.PathLike | None = None,
     try:
         cxx = ["g++", "-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", f"-I{include}", f"-I{_HERE}"]
         if not cuda:
-            _run([*cxx, "-shared", str(_HERE / "swiglu_op.cc"), "-o", str(work / "lib.so")])
+            _run([*cxx, "-shared", str(_HERE / "ops.cc"), "-o", str(work / "lib.so")])
         else:
             gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
             gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
             _run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden", *gencode, "-c",
-                  str(_HERE / "swiglu_cuda.cu"), "-o", str(work / "cuda.o")])
-            _run([*cxx, "-DEMBEDRANK_WITH_CUDA", "-c", str(_HERE / "swiglu_op.cc"), "-o", str(work / "op.o")])
+                  str(_HERE / "ops_cuda.cu"), "-o", str(work / "cuda.o")])
+            _run([*cxx, "-DEMBEDRANK_WITH_CUDA", "-c", str(_HERE / "ops.cc"), "-o", str(work / "op.o")])
             _run([nvcc, "-shared", "-Xcompiler", "-fPIC", str(work / "op.o"), str(work / "cuda.o"),
                   "-o", str(work / "lib.so")])
         (work / "lib.so").replace(target)

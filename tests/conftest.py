@@ -120,3 +120,36 @@ def tiny_llama(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(out)
     return out
+
+
+# embedrank's custom-op library (tests/test_ops.py, tests/test_ops_rope.py)
+@pytest.fixture(scope="session")
+def headers():
+    """Installed headers when there are some, else Debian's pinned package (tests/ops_support.py)."""
+    from ops_support import debian_headers
+
+    from embedrank import ops
+    from embedrank.errors import OpsError
+
+    try:
+        return ops.ort_headers()
+    except OpsError:
+        pass
+    cache = Path(os.environ.get("EMBEDRANK_CACHE", Path.home() / ".cache" / "embedrank")) / "test-headers"
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        return debian_headers(cache)
+    except (OSError, ValueError) as exc:
+        pytest.skip(f"no ONNX Runtime C API headers installed and Debian's archive is not reachable ({exc})")
+
+
+@pytest.fixture(scope="module")
+def library(headers, tmp_path_factory):
+    """A CPU build, registered for the module through $EMBEDRANK_OPS_LIBRARY."""
+    from embedrank import ops
+
+    path = ops.build(cuda=False, out=tmp_path_factory.mktemp("ops") / "libembedrank_ops.so",
+                     ort_include=headers)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ops.LIBRARY_ENV, str(path))
+        yield path

@@ -9,7 +9,6 @@ import subprocess
 import tarfile
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
-from ops_support import debian_headers, unpack_deb_headers
+from ops_support import unpack_deb_headers
 
 from embedrank import ops
 from embedrank.cli.main import main
@@ -28,31 +27,6 @@ from embedrank.manifest import read_manifest
 from embedrank.plugin import Embedder, Reranker
 
 TEXTS = ["short", "a somewhat longer document about vector databases and rerankers", "x " * 30]
-
-
-@pytest.fixture(scope="session")
-def headers():
-    """Installed headers when there are some, else Debian's pinned package (tests/ops_support.py)."""
-    try:
-        return ops.ort_headers()
-    except OpsError:
-        pass
-    cache = Path(os.environ.get("EMBEDRANK_CACHE", Path.home() / ".cache" / "embedrank")) / "test-headers"
-    cache.mkdir(parents=True, exist_ok=True)
-    try:
-        return debian_headers(cache)
-    except (OSError, ValueError) as exc:
-        pytest.skip(f"no ONNX Runtime C API headers installed and Debian's archive is not reachable ({exc})")
-
-
-@pytest.fixture(scope="module")
-def library(headers, tmp_path_factory):
-    """A CPU build, registered for the module through $EMBEDRANK_OPS_LIBRARY."""
-    path = ops.build(cuda=False, out=tmp_path_factory.mktemp("ops") / "libembedrank_ops.so",
-                     ort_include=headers)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ops.LIBRARY_ENV, str(path))
-        yield path
 
 
 def _swiglu_session(library, elem, width, provider="CPUExecutionProvider", float_io=False):
