@@ -18,7 +18,7 @@ def _x(value: float | None) -> str:
 
 
 def _speed_table(section: dict, ratios: dict, base: str | None, unit: str) -> list[str]:
-    """Whole call (every row) and forward (PyTorch rows) figures, and the ratios to ``base``."""
+    """Whole call and forward figures of every row, and the ratios to ``base``."""
     rows = [f"| row | tokens/s | docs/s | p50 ms {unit} | p99 ms {unit} | forward tokens/s | "
             f"forward p50 ms | x {base or 'baseline'}, call | x {base or 'baseline'}, forward |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -56,13 +56,12 @@ def _rows_text(full: dict) -> list[str]:
     lines += [f"- **tokens/s, docs/s, p50, p99** (every row): {first['call']}.",
               "  Throughput is that of the median of the timed passes; p50 / p99 are over every "
               "timed call."]
-    forward = next((r["forward"] for r in rows.values() if r["forward"]), None)
-    if forward:
-        lines += [f"- **forward** (PyTorch rows): {forward}."]
+    for label, forward in dict.fromkeys(("ONNX rows" if n == "onnx" else "PyTorch rows", r["forward"])
+                                        for n, r in rows.items() if r["forward"]):
+        lines += [f"- **forward** ({label}): {forward}."]
     lines += ["- **x baseline**: each row over the strongest PyTorch row of the same run (the "
-              "highest forward tokens/s): call over call, and forward over forward; an ONNX row "
-              "has no forward figure, so its whole call stands in (a lower bound: its call "
-              "includes tokenization and copies the baseline's forward leaves out).", ""]
+              "highest forward tokens/s): call over call, and forward over forward (the ONNX "
+              "forward also holds the input and output copies the PyTorch forward leaves out).", ""]
     described = full.get("rows", {})
     for section in ("embed", "rerank"):
         for name, r in described.get(section, {}).items():

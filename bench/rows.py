@@ -49,6 +49,11 @@ ONNX_INCLUDES = ("ONNX Runtime session of the exported graph (pooling and L2 nor
                  "and output bound by IO binding, copied from and to the host)")
 
 
+ONNX_FORWARD = ("time.perf_counter around each ONNX Runtime run, summed per call: the padded ids and "
+                "mask copied to the device, the graph (pooling or head included), its output copied "
+                "back (so the run has finished); no tokenization, no batch plan")
+
+
 def forward_includes(device: str) -> str:
     timer = ("CUDA events recorded on the stream right before and after the module call" if
              device.startswith("cuda") else "time.perf_counter around the module call (CPU work is "
@@ -72,7 +77,7 @@ def describe(name: str, device: str, dtype: str, compile_shapes: str | None = No
     """What a row runs and what its two figures include (the report's and the JSON's words)."""
     if name == "onnx":
         return {"title": f"ONNX Runtime, {dtype} export", "runs": ONNX_INCLUDES,
-                "call": CALL_INCLUDES, "forward": None}
+                "call": CALL_INCLUDES, "forward": ONNX_FORWARD}
     row = TORCH_ROWS[name]
     precision = "bf16" if device.startswith("cuda") else "fp32"
     runs = f"{row.title}; {precision}"
@@ -95,16 +100,15 @@ def compile_shapes(shapes: set[tuple[int, int]]) -> tuple[bool, str]:
 
 def baseline(section: dict) -> str | None:
     """The strongest PyTorch row of a section: the highest forward tokens/s measured in the run."""
-    rows = {n: m for n, m in section.items() if m.get("forward")}
+    rows = {n: m for n, m in section.items() if n in TORCH_ROWS and m.get("forward")}
     return max(rows, key=lambda n: rows[n]["forward"]["tokens_per_s"]) if rows else None
 
 
 def ratios(section: dict) -> dict[str, dict[str, float]]:
     """Each row's tokens/s over the baseline's, measured in the same run.
 
-    ``call``: whole call over whole call (like for like). ``forward``: the row's forward (its whole
-    call for ONNX rows, which have no separate forward figure: a lower bound) over the baseline's
-    forward.
+    ``call``: whole call over whole call (like for like). ``forward``: the row's forward over the
+    baseline's (its whole call where a row has no forward figure: a lower bound).
     """
     name = baseline(section)
     if name is None:

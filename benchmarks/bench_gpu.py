@@ -2,8 +2,8 @@
 
 Steps (each also alone, so a slow one can get its own device call; the models stay in --work):
   prepare  a random-weight Qwen3-0.6B-architecture checkpoint (the real Qwen3 tokenizer), its
-           embedder and reranker exported for the device (the export default, no parity check),
-           both exports at once
+           embedder and reranker exported for the device (the export default or --rewrites, no
+           parity check), both exports at once
   fixed    embedder 64 x 256 and reranker top-100 (100 documents of 256 tokens per call)
   mixed    embedder on 32-512-token documents (dynamic shapes), 64 per call
 Every run is `embedrank bench --against all` (the ONNX rows and the four PyTorch rows in one
@@ -78,7 +78,7 @@ def build_checkpoint(out: Path, tokenizer: Path, cpu: bool) -> None:
     AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
 
 
-def prepare(work: Path, out: Path, tokenizer: Path, cpu: bool) -> None:
+def prepare(work: Path, out: Path, tokenizer: Path, cpu: bool, rewrites: str | None = None) -> None:
     ckpt = work / CHECKPOINT[cpu]
     if all((work / k / "embedrank.json").exists() for k in ("embedder", "reranker")):
         log(f"prepare: models already in {work}")
@@ -88,9 +88,10 @@ def prepare(work: Path, out: Path, tokenizer: Path, cpu: bool) -> None:
         build_checkpoint(ckpt, tokenizer, cpu)
     log(f"prepare: checkpoint in {time.perf_counter() - start:.0f} s; exporting both models at once")
     device = "cpu" if cpu else "cuda"
+    extra = ["--rewrites", rewrites] if rewrites else []
     procs = {kind: subprocess.Popen(
         [sys.executable, "-c", CLI, "export", kind, str(ckpt), str(work / kind), "--device", device,
-         "--no-verify", "--overwrite"], stdout=(out / f"export_{kind}.log").open("w"),
+         "--no-verify", "--overwrite", *extra], stdout=(out / f"export_{kind}.log").open("w"),
         stderr=subprocess.STDOUT) for kind in ("embedder", "reranker")}
     for kind, proc in procs.items():
         if proc.wait():
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
                         "[/tmp/bench_gpu, /tmp/bench_gpu_cpu with --cpu]")
     p.add_argument("--tokenizer", help="directory with the Qwen3 tokenizer files [found, see code]")
     p.add_argument("--cpu", action="store_true", help="dry run on the CPU with a tiny Qwen3")
+    p.add_argument("--rewrites", help="`embedrank export --rewrites` for both models, e.g. rope,swiglu "
+                   "(embedrank's ops library: $EMBEDRANK_OPS_LIBRARY) [the export's device default]")
     p.add_argument("--budget", type=float, default=345.0,
                    help="seconds for the whole step; a bench run past it is stopped [%(default)s]")
     a = p.parse_args(argv)
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     result["machine"] = machine(a.cpu)
     if a.step == "prepare" or not all((a.work / k / "embedrank.json").exists()
                                       for k in ("embedder", "reranker")):
-        prepare(a.work, a.out, tokenizer_dir(a.tokenizer, a.work), a.cpu)
+        prepare(a.work, a.out, tokenizer_dir(a.tokenizer, a.work), a.cpu, a.rewrites)
+    result["rewrites"] = a.rewrites or "the export default"
     for step in ("fixed", "mixed"):
         if a.step in ("all", step):
             left = deadline - time.monotonic()

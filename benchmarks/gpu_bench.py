@@ -29,6 +29,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +65,16 @@ EXPORTS = {"onnx-torchscript-fp16": ("embedder", "none", None, ()),
            "onnx-fused-mha-fp16": ("embedder", "fused", "mha", ()),
            # the opt-in fused SwiGLU kernel (embedrank.ops; $EMBEDRANK_OPS_LIBRARY on the device)
            "onnx-fused-swiglu-fp16": ("embedder", "fused", "gqa", ("qkv", "swiglu")),
-           "onnx-fused-swiglu-fp16-reranker": ("reranker", "fused", "gqa", ("qkv", "swiglu"))}
+           "onnx-fused-swiglu-fp16-reranker": ("reranker", "fused", "gqa", ("qkv", "swiglu")),
+           # embedrank's QKVRotary + causal MultiHeadAttention instead of GroupQueryAttention
+           "onnx-fused-rope-fp16": ("embedder", "fused", "gqa", ("rope",)),
+           "onnx-fused-rope-swiglu-fp16": ("embedder", "fused", "gqa", ("rope", "swiglu")),
+           "onnx-fused-rope-swiglu-fp16-reranker": ("reranker", "fused", "gqa", ("rope", "swiglu"))}
 # variants without an export of their own
 PROBES = ("onnx-activations", "onnx-probes", "torch-eager-bf16", "torch-compile-bf16",
           "torch-fp32-reference")
 VARIANTS = ("onnx-fused-fp16", "onnx-fused-mha-fp16", "torch-eager-bf16", "torch-compile-bf16")
+EXPORTS_AT_ONCE = int(os.environ.get("GPU_BENCH_EXPORTS_AT_ONCE", "3"))  # prepare's parallel exports
 
 
 def linear_flops_per_token(a: dict = ARCH) -> float:
@@ -245,9 +251,11 @@ def prepare(work_dir: Path, tokenizer: Path, only: str | None = None) -> dict:
     meta = {"eot": eot, "pad": eot if tok.pad_token_id is None else tok.pad_token_id}
     (work_dir / "meta.json").write_text(json.dumps(meta))
     info = {}
-    for name in exports:
-        info[name] = _subprocess(["export", name], work_dir)
-        print(f"export {name}: {json.dumps(info[name])[:300]}", file=sys.stderr, flush=True)
+    with ThreadPoolExecutor(EXPORTS_AT_ONCE) as pool:  # each in its own process
+        done_all = pool.map(lambda e: _subprocess(["export", e], work_dir), exports)
+        for name, done in zip(exports, done_all, strict=True):
+            info[name] = done
+            print(f"export {name}: {json.dumps(done)[:300]}", file=sys.stderr, flush=True)
     info["reference"] = _subprocess(["variant", "torch-fp32-reference"], work_dir)
     cached.write_text(json.dumps(info))
     return info

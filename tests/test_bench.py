@@ -72,8 +72,7 @@ def test_bench_end_to_end_cpu(embedder_dir, reranker_dir, tmp_path):
     for section in ("embed", "rerank"):
         rows = data[section]
         assert list(rows) == ["onnx", "torch", "torch-causal"]
-        assert set(rows["onnx"]) == SPEED_KEYS
-        for name in ("torch", "torch-causal"):
+        for name in ("onnx", "torch", "torch-causal"):
             assert set(rows[name]) == SPEED_KEYS | {"forward"}
             assert set(rows[name]["forward"]) == SPEED_KEYS
             # the forward is part of the call (both timed with perf_counter on the CPU)
@@ -85,7 +84,7 @@ def test_bench_end_to_end_cpu(embedder_dir, reranker_dir, tmp_path):
         described = data["rows"][section]
         assert "perf_counter" in described["torch"]["forward"]
         assert "CUDA" not in described["torch"]["forward"].replace("no CUDA events", "")
-        assert described["onnx"]["forward"] is None
+        assert "each ONNX Runtime run" in described["onnx"]["forward"]
         assert "right padding" in described["torch-causal"]["runs"]
     assert set(data["ingest"]) == {"docs_per_s", "embed_only_docs_per_s"}
     assert set(data["query"]) == {"p50_ms", "p99_ms"}
@@ -261,6 +260,10 @@ def test_ratios_are_to_the_strongest_torch_row():
     assert r["onnx"] == {"call": pytest.approx(1.25), "forward": pytest.approx(0.75)}
     assert r["torch"] == {"call": pytest.approx(100 / 240), "forward": pytest.approx(0.375)}
     assert baseline({"onnx": _row(1.0)}) is None and ratios({"onnx": _row(1.0)}) == {}
+    # an ONNX forward faster than every PyTorch row is measured against them, never the baseline
+    faster = {**section, "onnx": _row(300.0, 600.0)}
+    assert baseline(faster) == "torch-compile-causal"
+    assert ratios(faster)["onnx"]["forward"] == pytest.approx(1.5)
 
     rows = {n: describe(n, "cuda", "fp16", "compiled with dynamic=True (one graph for 9 batch "
                         "shapes)") for n in section}

