@@ -99,13 +99,14 @@ def prepare(work: Path, out: Path, tokenizer: Path, cpu: bool, rewrites: str | N
     log(f"prepare: done in {time.perf_counter() - start:.0f} s")
 
 
-def run(step: str, work: Path, out: Path, cpu: bool, timeout: float) -> dict:
+def run(step: str, work: Path, out: Path, cpu: bool, timeout: float, against: str = "all") -> dict:
     """One `embedrank bench` run; its stderr (a line per finished row) streams to STEP.log."""
     models = ["--embedder", str(work / "embedder")]
     if step in WITH_RERANKER:
         models += ["--reranker", str(work / "reranker")]
-    cmd = [sys.executable, "-c", CLI, "bench", *models, "--device", "cpu" if cpu else "cuda",
-           "--against", "all", *RUNS[step][cpu], "--json", str(out / f"{step}.json")]
+    rows = [x for name in against.split(",") for x in ("--against", name)]
+    cmd = [sys.executable, "-c", CLI, "bench", *models, "--device", "cpu" if cpu else "cuda", *rows,
+           *RUNS[step][cpu], "--json", str(out / f"{step}.json")]
     if importlib.util.find_spec("matplotlib") is not None:
         cmd += ["--report", str(out / f"{step}_report")]
     else:
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                         "[/tmp/bench_gpu, /tmp/bench_gpu_cpu with --cpu]")
     p.add_argument("--tokenizer", help="directory with the Qwen3 tokenizer files [found, see code]")
     p.add_argument("--cpu", action="store_true", help="dry run on the CPU with a tiny Qwen3")
+    p.add_argument("--against", default="all", help="comma list of `embedrank bench --against` "
+                   "rows [%(default)s]")
     p.add_argument("--rewrites", help="`embedrank export --rewrites` for both models, e.g. rope,swiglu "
                    "(embedrank's ops library: $EMBEDRANK_OPS_LIBRARY) [the export's device default]")
     p.add_argument("--budget", type=float, default=345.0,
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                 log(f"{step}: skipped, {left:.0f} s of the budget left; run the step on its own")
                 result.setdefault("runs", {})[step] = {"exit": "skipped (budget)"}
                 continue
-            result.setdefault("runs", {})[step] = run(step, a.work, a.out, a.cpu, left)
+            result.setdefault("runs", {})[step] = run(step, a.work, a.out, a.cpu, left, a.against)
             result_path.write_text(json.dumps(result, indent=2))
     result_path.write_text(json.dumps(result, indent=2))
     log(f"wrote {result_path}")

@@ -19,6 +19,8 @@ SELF=$(readlink -f "$0") S=/tmp/stage W=${W:-/tmp/w}
 R=$W/results
 REWRITES=${REWRITES:-rope,swiglu}
 VARIANTS=${VARIANTS:-onnx-fused-fp16,onnx-fused-swiglu-fp16,onnx-fused-rope-fp16,onnx-fused-rope-swiglu-fp16}
+RERANKERS=${RERANKERS:-onnx-fused-fp16-reranker,onnx-fused-swiglu-fp16-reranker,onnx-fused-rope-swiglu-fp16-reranker}
+AGAINST=${AGAINST:-all}  # the PyTorch rows of the fixed run; MIXED=0 skips the mixed run
 mkdir -p "$S" "$R" "$W/logs"
 
 lanes() {  # from the repository root, everything installed
@@ -31,14 +33,14 @@ lanes() {  # from the repository root, everything installed
   if [ -n "${DRY:-}" ]; then cpu=(--cpu); dry=(env GPU_BENCH_DRY_RUN=1)
   else a=(env CUDA_VISIBLE_DEVICES=0 taskset -c 0-15) b=(env CUDA_VISIBLE_DEVICES=1 taskset -c 16-31); fi
   ( step bench-fixed "${a[@]}" python3 bench_gpu.py fixed --work "$W/bench" --out "$R/bench_fixed" \
-      --tokenizer "$tok" --rewrites "$REWRITES" --budget "${FIXED_BUDGET:-1000}" "${cpu[@]}"
+      --tokenizer "$tok" --rewrites "$REWRITES" --budget "${FIXED_BUDGET:-1000}" --against "$AGAINST" "${cpu[@]}"
     touch "$W/A_DONE" ) &
-  ( rr=onnx-fused-fp16-reranker,onnx-fused-swiglu-fp16-reranker,onnx-fused-rope-swiglu-fp16-reranker
-    exports=$VARIANTS,$rr
+  ( exports=$VARIANTS,$RERANKERS
     step variants-prepare env GPU_BENCH_EXPORTS_AT_ONCE=4 "${b[@]}" "${dry[@]}" python3 gpu_bench.py prepare --work "$W/gb" \
       --tokenizer "$tok" --exports "$exports" --json "$R/variants_prepare.json"
     step variants "${b[@]}" "${dry[@]}" python3 gpu_bench.py all --work "$W/gb" \
       --tokenizer "$tok" --only "$VARIANTS" --json "$R/variants.json"
+    [ "${MIXED:-1}" = 0 ] && { touch "$W/B_DONE"; exit 0; }
     while [ ! -f "$W/bench/reranker/embedrank.json" ] && [ ! -f "$W/A_DONE" ]; do sleep 5; done
     step bench-mixed "${b[@]}" python3 bench_gpu.py mixed --work "$W/bench" --out "$R/bench_mixed" \
       --tokenizer "$tok" --rewrites "$REWRITES" --budget "${MIXED_BUDGET:-720}" "${cpu[@]}"
@@ -67,7 +69,8 @@ start)
   cat "$S"/ort.part* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$S"/whl/*.whl \
     /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl \
-    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site "$W/src" \
+    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site \
+       "$W/src" \
     || exit 1
   cd "$W/src" || exit 1
   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -79,6 +82,8 @@ start)
   python3 -P -m pytest -q -p no:cacheprovider tests/test_ops_rope.py tests/test_ops.py -k cuda \
     > "$R/ops_cuda_tests.log" 2>&1
   tail -n 3 "$R/ops_cuda_tests.log"
+  grep -q " passed" "$R/ops_cuda_tests.log" && ! grep -q " failed" "$R/ops_cuda_tests.log" \
+    || { echo "the CUDA kernels failed their tests: no timings"; exit 1; }
   setsid nohup bash "$SELF" lanes > "$W/lanes.log" 2>&1 < /dev/null & disown  # inherits this environment
   sleep 15; cat "$W/lanes.log"
   ;;

@@ -4,10 +4,11 @@
 // the up half and stores 16 bytes of the product (8 halves / 4 floats). Rows whose width is not
 // a multiple of the vector, or unaligned pointers, take the one-element path.
 //
-// QKVRotary: one warp per (token, head) of the packed input. A query or key head: the warp sums
-// its squares (a shuffle reduction), then each lane normalizes and rotates pairs (i, i + D/2),
-// i = lane, lane + 32, ...; consecutive lanes touch consecutive elements, so every load and store
-// is coalesced. A key or value head is written once per query head that reads it.
+// QKVRotary: a query or key head is RMS-normalized (a sum of squares reduced with shuffles) and
+// rotated in pairs (i, i + D/2); a key or value head is written once per query head that reads it.
+// The vector kernel gives each (token, head) row D / (2 V) lanes moving 16 bytes per load and
+// store (V = 8 halves, 4 floats); other head sizes or unaligned tensors take the one-element
+// kernel, a warp per row (consecutive lanes on consecutive elements).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -152,21 +153,106 @@ __global__ void QKVRotaryKernel(const T* __restrict__ qkv, const float* __restri
   }
 }
 
+// The same, vectorized: G = D / (2 V) lanes per (token, head) row, 32 / G rows per warp. Lane j of
+// a row loads V elements at j V of the first half and V at D/2 + j V (16 bytes each) and writes
+// them back rotated, 16 bytes per store; the norm's sum of squares is reduced over the G lanes.
+// Needs D / 2 a multiple of V, G a power of two up to 32, and 16-byte aligned tensors.
+template <typename T, int V>
+__global__ void QKVRotaryVecKernel(const T* __restrict__ qkv, const float* __restrict__ cos,
+                                   const float* __restrict__ sin, const float* __restrict__ q_norm,
+                                   const float* __restrict__ k_norm, T* __restrict__ q, T* __restrict__ k,
+                                   T* __restrict__ v, RotaryShape shape) {
+  const int heads = shape.heads, kv = shape.kv_heads, dim = shape.dim, half = dim / 2;
+  const int items = heads + 2 * kv, group = heads / kv, lanes = half / V, lane = threadIdx.x & 31;
+  const int sub = lane % lanes, rows_per_warp = 32 / lanes;
+  const int64_t total = shape.tokens * items;
+  const int64_t rows_per_block = static_cast<int64_t>(blockDim.x / 32) * rows_per_warp;
+  const int64_t first = blockIdx.x * rows_per_block + static_cast<int64_t>(threadIdx.x / 32) * rows_per_warp;
+  // every lane of a warp runs the same iterations (the shuffles need the whole warp)
+  for (int64_t base = first; base < total; base += static_cast<int64_t>(gridDim.x) * rows_per_block) {
+    const int64_t w = base + lane / lanes;
+    const bool active = w < total;
+    const int64_t token = active ? w / items : 0;
+    const int item = active ? static_cast<int>(w - token * items) : 0;
+    const bool is_query = item < heads, is_value = item >= heads + kv;
+    Vec<T, V> a{}, b{};
+    if (active) {
+      a = *reinterpret_cast<const Vec<T, V>*>(qkv + w * dim + sub * V);
+      b = *reinterpret_cast<const Vec<T, V>*>(qkv + w * dim + half + sub * V);
+    }
+    const float* weight = is_value ? nullptr : (is_query ? q_norm : k_norm);
+    float x1[V], x2[V], squares = 0.0f;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      x1[e] = Load(a.v[e]);
+      x2[e] = Load(b.v[e]);
+      squares += x1[e] * x1[e] + x2[e] * x2[e];
+    }
+    for (int offset = lanes / 2; offset > 0; offset >>= 1) {
+      squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+    }
+    if (!active) continue;
+    int64_t out_head = token * heads + item;
+    T* out = q;
+    int copies = 1;
+    if (!is_query) {
+      out_head = token * heads + static_cast<int64_t>(item - heads - (is_value ? kv : 0)) * group;
+      out = is_value ? v : k;
+      copies = group;
+    }
+    if (!is_value) {
+      const float scale = weight != nullptr ? rsqrtf(squares / dim + shape.epsilon) : 1.0f;
+      const int64_t at = (token % shape.seq) * half + sub * V;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        float y1 = x1[e] * scale, y2 = x2[e] * scale;
+        if (weight != nullptr) {
+          y1 *= weight[sub * V + e];
+          y2 *= weight[half + sub * V + e];
+        }
+        const float c = cos[at + e], s = sin[at + e];
+        a.v[e] = Store<T>(y1 * c - y2 * s);
+        b.v[e] = Store<T>(y2 * c + y1 * s);
+      }
+    }
+    T* row = out + out_head * dim + sub * V;
+    for (int r = 0; r < copies; ++r) {
+      *reinterpret_cast<Vec<T, V>*>(row + r * dim) = a;
+      *reinterpret_cast<Vec<T, V>*>(row + r * dim + half) = b;
+    }
+  }
+}
+
 template <typename T>
 cudaError_t LaunchRotary(const void* qkv, const void* cos, const void* sin, const void* q_norm,
                          const void* k_norm, void* q, void* k, void* v, const RotaryShape& shape,
                          cudaStream_t stream) {
-  constexpr int kThreads = 256;  // 8 warps
+  constexpr int kThreads = 256, kVec = 16 / sizeof(T);  // 8 warps; elements per 16 bytes
   int sms = 0;
   const cudaError_t status = Multiprocessors(&sms);
   if (status != cudaSuccess) return status;
-  const int64_t warps = shape.tokens * (shape.heads + 2 * shape.kv_heads);
-  const int64_t wanted = (warps + kThreads / 32 - 1) / (kThreads / 32);
+  const int half = shape.dim / 2, lanes = half / kVec;
+  const bool aligned = [&] {
+    for (const void* p : {qkv, static_cast<const void*>(q), static_cast<const void*>(k),
+                          static_cast<const void*>(v)}) {
+      if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+    }
+    return true;
+  }();
+  const bool vector = aligned && half % kVec == 0 && lanes >= 1 && lanes <= 32 && (lanes & (lanes - 1)) == 0;
+  const int64_t rows = shape.tokens * (shape.heads + 2 * shape.kv_heads);
+  const int64_t rows_per_block = (kThreads / 32) * (vector ? 32 / lanes : 1);
+  const int64_t wanted = (rows + rows_per_block - 1) / rows_per_block;
   const int blocks = static_cast<int>(wanted < sms * 64LL ? wanted : sms * 64LL);
-  QKVRotaryKernel<T><<<blocks, kThreads, 0, stream>>>(
-      static_cast<const T*>(qkv), static_cast<const float*>(cos), static_cast<const float*>(sin),
-      static_cast<const float*>(q_norm), static_cast<const float*>(k_norm), static_cast<T*>(q),
-      static_cast<T*>(k), static_cast<T*>(v), shape);
+  const T* in = static_cast<const T*>(qkv);
+  const float *c = static_cast<const float*>(cos), *s = static_cast<const float*>(sin);
+  const float *qn = static_cast<const float*>(q_norm), *kn = static_cast<const float*>(k_norm);
+  T *qo = static_cast<T*>(q), *ko = static_cast<T*>(k), *vo = static_cast<T*>(v);
+  if (vector) {
+    QKVRotaryVecKernel<T, kVec><<<blocks, kThreads, 0, stream>>>(in, c, s, qn, kn, qo, ko, vo, shape);
+  } else {
+    QKVRotaryKernel<T><<<blocks, kThreads, 0, stream>>>(in, c, s, qn, kn, qo, ko, vo, shape);
+  }
   return cudaGetLastError();
 }
 

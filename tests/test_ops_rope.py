@@ -19,12 +19,12 @@ TEXTS = ["short", "a somewhat longer document about vector databases and reranke
 HEADS, KV, DIM, POSITIONS = 4, 2, 8, 7
 
 
-def _session(library, elem, norms: bool, provider="CPUExecutionProvider"):
+def _session(library, elem, norms: bool, provider="CPUExecutionProvider", dim: int = DIM):
     names = ["qkv", "cos", "sin"] + (["q_norm", "k_norm"] if norms else [])
     node = helper.make_node("QKVRotary", names, ["q", "k", "v"], domain=ops.DOMAIN, num_heads=HEADS,
                             kv_num_heads=KV, epsilon=1e-6)
-    shapes = {"qkv": ["b", "s", (HEADS + 2 * KV) * DIM], "cos": [POSITIONS, DIM // 2],
-              "sin": [POSITIONS, DIM // 2], "q_norm": [DIM], "k_norm": [DIM]}
+    shapes = {"qkv": ["b", "s", (HEADS + 2 * KV) * dim], "cos": [POSITIONS, dim // 2],
+              "sin": [POSITIONS, dim // 2], "q_norm": [dim], "k_norm": [dim]}
     inputs = [helper.make_tensor_value_info(n, elem if n == "qkv" else TensorProto.FLOAT, shapes[n])
               for n in names]
     graph = helper.make_graph([node], "g", inputs,
@@ -36,14 +36,14 @@ def _session(library, elem, norms: bool, provider="CPUExecutionProvider"):
     return ort.InferenceSession(model.SerializeToString(), options, providers=[provider])
 
 
-def _inputs(norms: bool, seq: int = 5, dtype=np.float32) -> dict:
+def _inputs(norms: bool, seq: int = 5, dtype=np.float32, dim: int = DIM) -> dict:
     rng = np.random.default_rng(3)
-    angles = np.arange(POSITIONS)[:, None] * rng.uniform(0.1, 1.0, DIM // 2)[None]
-    feeds = {"qkv": rng.normal(0, 2, (2, seq, (HEADS + 2 * KV) * DIM)).astype(dtype),
+    angles = np.arange(POSITIONS)[:, None] * rng.uniform(0.1, 1.0, dim // 2)[None]
+    feeds = {"qkv": rng.normal(0, 2, (2, seq, (HEADS + 2 * KV) * dim)).astype(dtype),
              "cos": np.cos(angles).astype(np.float32), "sin": np.sin(angles).astype(np.float32)}
     if norms:
-        feeds |= {"q_norm": rng.uniform(0.5, 1.5, DIM).astype(np.float32),
-                  "k_norm": rng.uniform(0.5, 1.5, DIM).astype(np.float32)}
+        feeds |= {"q_norm": rng.uniform(0.5, 1.5, dim).astype(np.float32),
+                  "k_norm": rng.uniform(0.5, 1.5, dim).astype(np.float32)}
     return feeds
 
 
@@ -51,7 +51,8 @@ def _reference(feeds: dict) -> list[np.ndarray]:
     """Qwen3's attention prologue in float64: per-head RMSNorm, rotate_half rotary, repeat_kv."""
     x = feeds["qkv"].astype(np.float64)
     b, s, _ = x.shape
-    heads = x.reshape(b, s, HEADS + 2 * KV, DIM)
+    dim = feeds["cos"].shape[1] * 2
+    heads = x.reshape(b, s, HEADS + 2 * KV, dim)
     q, k, v = heads[:, :, :HEADS], heads[:, :, HEADS:HEADS + KV], heads[:, :, HEADS + KV:]
     cos = np.concatenate([feeds["cos"][:s]] * 2, -1)[None, :, None]
     sin = np.concatenate([feeds["sin"][:s]] * 2, -1)[None, :, None]
@@ -59,12 +60,12 @@ def _reference(feeds: dict) -> list[np.ndarray]:
     def prologue(t, weight):
         if weight is not None:
             t = t / np.sqrt((t ** 2).mean(-1, keepdims=True) + 1e-6) * weight
-        rotated = np.concatenate([-t[..., DIM // 2:], t[..., :DIM // 2]], -1)
+        rotated = np.concatenate([-t[..., dim // 2:], t[..., :dim // 2]], -1)
         return t * cos + rotated * sin
 
     q, k = prologue(q, feeds.get("q_norm")), prologue(k, feeds.get("k_norm"))
     group = HEADS // KV
-    return [t.reshape(b, s, HEADS * DIM) for t in (q, np.repeat(k, group, 2), np.repeat(v, group, 2))]
+    return [t.reshape(b, s, HEADS * dim) for t in (q, np.repeat(k, group, 2), np.repeat(v, group, 2))]
 
 
 @pytest.mark.parametrize("norms", [True, False])
@@ -85,10 +86,11 @@ def test_qkv_rotary_kernel_matches_numpy(library, norms, dtype, elem, tol):
 @pytest.mark.parametrize("norms", [True, False])
 @pytest.mark.parametrize("dtype,elem,tol", [(np.float32, TensorProto.FLOAT, 1e-5),
                                             (np.float16, TensorProto.FLOAT16, 4e-3)])
-def test_qkv_rotary_cuda_kernel_matches_numpy(headers, tmp_path_factory, norms, dtype, elem, tol):
+@pytest.mark.parametrize("dim", [8, 96, 128])  # one-element kernel (8, 96); vector kernel (128; 8 in fp32)
+def test_qkv_rotary_cuda_kernel_matches_numpy(headers, tmp_path_factory, norms, dtype, elem, tol, dim):
     path = ops.build(cuda=True, out=tmp_path_factory.getbasetemp() / "cuda" / "lib.so", ort_include=headers)
-    feeds = _inputs(norms, dtype=dtype)
-    got = _session(path, elem, norms, "CUDAExecutionProvider").run(None, feeds)
+    feeds = _inputs(norms, dtype=dtype, dim=dim, seq=POSITIONS)
+    got = _session(path, elem, norms, "CUDAExecutionProvider", dim).run(None, feeds)
     for out, ref in zip(got, _reference(feeds), strict=True):
         np.testing.assert_allclose(out.astype(np.float64), ref, rtol=tol, atol=tol)
 
