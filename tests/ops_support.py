@@ -1,4 +1,5 @@
-"""ONNX Runtime's C API headers for the tests of the opt-in ops library.
+"""Support of the tests of the opt-in ops library: ONNX Runtime's C API headers, and a rewritten
+export checked against the plain one.
 
 The product never downloads them (it reads an installed libonnxruntime-dev, or --ort-include).
 This Debian 12 machine has no such package, so the tests take the headers from the Debian 13
@@ -55,3 +56,20 @@ def debian_headers(cache: Path) -> Path:
     unpack_deb_headers(deb, tmp)
     tmp.rename(dest) if not dest.exists() else None
     return dest
+
+
+TEXTS = ["short", "a somewhat longer document about vector databases and rerankers", "x " * 30]
+
+
+def assert_same_outputs(rewritten: Path, plain: Path, kind: str) -> None:
+    """The rewritten export gives the plain export's embeddings / scores (to 2e-6) on TEXTS."""
+    import numpy as np
+
+    from embedrank.plugin import Embedder, Reranker
+
+    if kind == "embedder":
+        got, ref = (Embedder.load(d).embed_documents(TEXTS) for d in (rewritten, plain))
+    else:
+        got, ref = (Reranker.load(d).score("what is qdrant", TEXTS) for d in (rewritten, plain))
+        assert np.ptp(ref) > 1e-3  # the scores differ per document, so a mix-up would show
+    np.testing.assert_allclose(got, ref, atol=2e-6)
