@@ -9,7 +9,7 @@ import click
 
 @click.group()
 def ops() -> None:
-    """embedrank's ONNX Runtime custom ops (opt-in: needed by exports made with --rewrites swiglu)."""
+    """embedrank's ONNX Runtime custom ops (opt-in: needed by exports made with --rewrites swiglu or rope)."""
 
 
 @ops.command("build")

@@ -34,9 +34,9 @@ DEFAULT_OPSET = 17  # TorchScript; the fused (dynamo) export uses FUSED_OPSET
 OPTIMIZE = ("fused", "none")
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB
 EXTERNAL_DATA_NAME = GRAPH_NAME + ".data"
-# the CUDA default: packed QKV with the q / k norms in GroupQueryAttention, and embedrank's fused
-# SwiGLU kernel (dropped, with a warning, where its library is not built: see _available_rewrites)
-CUDA_REWRITES = ("qkv",)  # "swiglu" is opt-in: it needs the ops library built (embedrank.ops)
+# the CUDA default: packed QKV with the q / k norms in GroupQueryAttention. "swiglu" and "rope"
+# (the fastest, docs/performance.md) are opt-in: they need the ops library built (embedrank.ops)
+CUDA_REWRITES = ("qkv",)
 
 
 class _EmbedderGraph(nn.Module):
@@ -185,7 +185,7 @@ def resolve_variant(device: str, dtype: str | None = None, optimize: str | None 
     variant that passes parity (docs/performance.md, docs/bench.md, docs/int8.md).
 
     CUDA: fp16, fused, GroupQueryAttention with packed QKV and the q / k norms inside it
-    (rewrite "qkv"); embedrank's fused SwiGLU kernel (rewrite "swiglu") is opt-in, so the
+    (rewrite "qkv"); embedrank's own kernels (rewrites "swiglu" and "rope") are opt-in, so the
     default graph never depends on what was built on the machine. CPU: fp32 (no int8
     recipe meets the ranking bar), fused, GroupQueryAttention. int8 starts from the TorchScript
     graph (its recipes select layers by that graph's node names); fp32 on CUDA uses

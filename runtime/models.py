@@ -163,7 +163,7 @@ def _check_onnxruntime(minimum: str | None, path: Path) -> None:
 
 
 def _ops_library(custom_ops: tuple[str, ...], device: str, path: Path) -> Path | None:
-    """embedrank's custom-op library for a model whose graph uses it (the "swiglu" rewrite)."""
+    """embedrank's custom-op library for a model whose graph uses it (the "swiglu" and "rope" rewrites)."""
     if not custom_ops:
         return None
     from embedrank.ops import OPS, find_library
