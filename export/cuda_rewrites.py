@@ -41,6 +41,8 @@ from embedrank.ops import DOMAIN as OPS_DOMAIN
 MS = "com.microsoft"
 REWRITES = ("qkv", "swiglu", "rope")
 MIN_ORT_QK_NORM = "1.31"  # the first ONNX Runtime whose GroupQueryAttention takes q_norm_weight
+# the GroupQueryAttention attributes the rope rewrite reproduces (see rotary_mha)
+ROPE_ATTRIBUTES = {"num_heads", "kv_num_heads", "do_rotary", "rotary_interleaved"}
 
 
 def _const(value) -> np.ndarray | None:
@@ -189,7 +191,9 @@ def rotary_mha(model) -> int:
     graph, count, float_tables = model.graph, 0, {}  # one float copy of each shared table
     for gqa, x, weights, bias, norms, epsilon in _qkv_sites(model.graph, fold_norms=True):
         attrs = {name: attr.value for name, attr in gqa.attributes.items()}
-        if attrs.get("do_rotary") != 1 or attrs.get("rotary_interleaved", 0) != 0 or attrs.get("scale"):
+        # only what QKVRotary + MultiHeadAttention compute: a scale, soft cap, local window or
+        # interleaved rotary would change the result, so such a layer keeps its GroupQueryAttention
+        if set(attrs) - ROPE_ATTRIBUTES or attrs.get("do_rotary") != 1 or attrs.get("rotary_interleaved", 0):
             continue
         tables = [_const(v) for v in gqa.inputs[7:9]]
         if any(t is None for t in tables):
@@ -206,7 +210,7 @@ def rotary_mha(model) -> int:
         heads = attrs["num_heads"]
         rotary = ir.node("QKVRotary", [nodes[-1].outputs[0], *consts],
                          attributes={"num_heads": heads, "kv_num_heads": attrs["kv_num_heads"],
-                                     "epsilon": float(epsilon or 1e-6)},
+                                     "epsilon": 1e-6 if epsilon is None else float(epsilon)},
                          domain=OPS_DOMAIN, num_outputs=3, name=f"{name}_qkv_rotary")
         for value in rotary.outputs:
             value.dtype = gqa.outputs[0].dtype

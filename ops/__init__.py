@@ -7,10 +7,11 @@ Two ops (``ops.h``), each used by a graph rewrite of :mod:`embedrank.export.cuda
 * ``QKVRotary``: from the packed q / k / v projections to the inputs of causal attention in one
   pass (Qwen3's q / k RMS norms, the rotary embedding, key / value heads repeated for their query
   heads), where ONNX Runtime's GroupQueryAttention spends a quarter of the GPU time in its own
-  unpack kernel (the ``"rope"`` rewrite). The library has a CPU kernel
-always and a CUDA kernel when built with ``nvcc``; it needs only ONNX Runtime's C API headers,
-not its binaries. ``embedrank ops build`` compiles it into the cache; exports that use it record
-that in their manifest and the runtime registers it with the session.
+  unpack kernel (the ``"rope"`` rewrite).
+
+The library always has CPU kernels, and CUDA kernels when built with ``nvcc``; it needs only ONNX
+Runtime's C API headers, not its binaries. ``embedrank ops build`` compiles it into the cache;
+exports that use it record that in their manifest and the runtime registers it with the session.
 
 The library is opt-in: no default export uses it, so the same ``embedrank export`` command gives
 the same graph on every machine, built or not.

@@ -137,3 +137,18 @@ def test_rope_and_qkv_are_exclusive(library, tiny_llama, tmp_path):
     with pytest.raises(InputError, match="choose one"):
         export_model("embedder", str(tiny_llama), tmp_path / "out", rewrites=("qkv", "rope"))
     assert not (tmp_path / "out").exists()
+
+
+def test_rope_keeps_an_attention_whose_attributes_it_would_not_reproduce(embedder_dir):
+    """A soft cap (or scale, window, interleaved rotary) on GroupQueryAttention changes the result:
+    such a layer is left as it is, never rewritten into a different computation."""
+    import onnx_ir as ir
+
+    from embedrank.export.cuda_rewrites import rotary_mha
+
+    model = ir.load(str(embedder_dir / "model.onnx"))
+    layers = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
+    layers[0].attributes["softcap"] = ir.AttrFloat32("softcap", 30.0)
+    assert rotary_mha(model) == len(layers) - 1
+    kept = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
+    assert kept == [layers[0]]
