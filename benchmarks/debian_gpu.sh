@@ -17,6 +17,8 @@
 #   With BENCH_LANE=1 on a 2-GPU machine, `start` also runs benchmarks/bench_lane.sh (GPU 0,
 #   the first quarter of the cores; it waits for o0..o4) next to the pipeline (GPU 1, the middle
 #   half; the int8 pass gets the last quarter).
+#   `... ret K` with K = 0, 1, ... brings the seed-0 embedder back in fp16 pieces (4 of 15 MiB
+#   per call; here: `cat piece.* | tar x` gives emb-s0/).
 # Settings of the run (EMB_STEPS, RR_STEPS, RR_NEG, SYNTH_N, ...: see debian_pipeline.sh) go in
 # front of `start`.
 set -uo pipefail
@@ -69,5 +71,18 @@ poll)
   [ -n "${OUT:-}" ] && (cd "$W" && tar czf "$OUT/results.tgz" results logs times.jsonl \
     pipeline.log bench_lane.log 2>/dev/null)
   ;;
-*) echo "usage: $0 pack|stage|start|poll [SECONDS]"; exit 2 ;;
+ret)
+  cd "$W" || exit 1
+  if [ ! -f ret/DONE ]; then
+    [ -f emb-s0/config.json ] || { echo "no seed-0 embedder yet"; exit 1; }
+    mkdir -p ret/emb-s0 && find emb-s0 -maxdepth 1 -type f ! -name '*.safetensors' -exec cp -t ret/emb-s0 {} +
+    PYTHONPATH=/tmp/site python3 -c 'import sys, glob, os; from safetensors.torch import load_file, save_file
+for f in glob.glob("emb-s0/*.safetensors"):
+    save_file({k: v.half() for k, v in load_file(f).items()}, "ret/" + f, metadata={"format": "pt"})' \
+      && tar cf - -C ret emb-s0 | split -b 15M -d -a 2 - ret/piece. && touch ret/DONE || exit 1
+  fi
+  ls ret/piece.*; ls ret/piece.* | sed -n "$((4 * ${2:-0} + 1)),$((4 * ${2:-0} + 4))p" | xargs -r cp -t "$OUT"
+  tail -n 4 "$W/pipeline.log"
+  ;;
+*) echo "usage: $0 pack|stage|start|poll [SECONDS]|ret K"; exit 2 ;;
 esac

@@ -10,7 +10,7 @@ token ids and the same batches:
 - variable: 1,024 lengths drawn from 32-512 (seeded); length-sorted token-budget batches (the
   runtime's plan: 16,384 padded tokens, at most 128 rows) and, for eager, arrival-order batches
   of 64 as well (what a plain loop does);
-- rerank: one query's top-100 (100 x 256 tokens), p50 over 20 calls.
+- rerank: one query's top-100 (100 x 256 tokens), p50 over 20 calls, and its kernel profile.
 
 Throughput counts real tokens. Memory: device memory in use (NVML) after the fixed batches
 minus after loading, per 1k tokens of one 64 x 256 batch. Cosine: against fp32 PyTorch on the
@@ -214,6 +214,7 @@ def onnx_variant(name: str, work_dir: Path, work: dict, pad: int) -> dict:
         rr = GraphRunner(work_dir / f"{name}-reranker")
         for budget in (16384, 32768):
             res[f"rerank_p50_ms_budget{budget}"] = rerank_latency(rr, work, budget)
+        res["rerank_kernels"] = gpu_probes.kernel_profile(rr, work["rerank"])  # one batch of 100
     return res
 
 

