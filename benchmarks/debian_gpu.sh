@@ -74,7 +74,7 @@ poll)
 ret)
   cd "$W" || exit 1
   if [ ! -f ret/DONE ]; then
-    [ -f emb-s0/config.json ] || { echo "no seed-0 embedder yet"; exit 1; }
+    grep -q '"emb-s0", "rc": 0' times.jsonl 2>/dev/null || { echo "no seed-0 embedder yet"; exit 1; }
     mkdir -p ret/emb-s0 && find emb-s0 -maxdepth 1 -type f ! -name '*.safetensors' -exec cp -t ret/emb-s0 {} +
     PYTHONPATH=/tmp/site python3 -c 'import sys, glob, os; from safetensors.torch import load_file, save_file
 for f in glob.glob("emb-s0/*.safetensors"):

@@ -7,9 +7,9 @@
 #   $W/debian/         BEIR folder from benchmarks/debian_beir.py (test split >= 1,000 queries)
 # Settings: EMB_STEPS / RR_STEPS (default: calibrated to ~3 min of training each), EMB_RUNS
 # (embedder runs side by side: s0 / s1 = full fine-tuning with seed 0 / 1, lora = LoRA seed 0;
-# s0 and s1 together are also merged), RR_LRS (one reranker per learning rate, side by side),
-# RR_NEG (own: reranker negatives mined by the seed-0 embedder; minilm: the embedder's MiniLM
-# ones), SYNTH_N passages for `embedrank synth` (0: skip), EMB_LR / LORA_LR (full / LoRA
+# s0 and s1 together are also merged), RR_LRS (one reranker per learning rate, side by side;
+# empty: none), ONNX=0 (no ONNX Runtime, no exports), RR_NEG (own: reranker negatives mined by
+# the seed-0 embedder; minilm: the embedder's MiniLM ones), SYNTH_N passages for `embedrank synth` (0: skip), EMB_LR / LORA_LR (full / LoRA
 # learning rates), BASELINES=0 (skip the untrained-SmolLM2 and MiniLM evaluations), TORCH_RR=0
 # (skip the torch rerank evaluation), ONNX_DTYPE (of the graphs `embedrank eval` runs: fp32, or
 # fp16 on CUDA), INT8=1 (benchmarks/quant_bench.py on the seed-0 embedder, on the CPU:
@@ -27,7 +27,7 @@ mkdir -p "$W/results" "$W/logs"
 DEV=cuda LEN=256; [ -n "${DRY:-}" ] && DEV=cpu LEN=2048  # the dry run's toy tokenizer is bytes
 EMB_STEPS=${EMB_STEPS:-}; RR_STEPS=${RR_STEPS:-}; SYNTH_N=${SYNTH_N:-300}
 EMB_LR=${EMB_LR:-5e-5} LORA_LR=${LORA_LR:-2e-4} BASELINES=${BASELINES:-1} TORCH_RR=${TORCH_RR:-1}
-EMB_RUNS=${EMB_RUNS:-s0 s1 lora} RR_LRS=${RR_LRS:-3e-5} ONNX_DTYPE=${ONNX_DTYPE:-fp32}
+EMB_RUNS=${EMB_RUNS:-s0 s1 lora} RR_LRS=${RR_LRS-3e-5} ONNX_DTYPE=${ONNX_DTYPE:-fp32}
 INT8=${INT8:-0} INT8_CORES=${INT8_CORES:-}
 [ -n "${DRY:-}" ] && ONNX_DTYPE=fp32
 LO=${MIN_STEPS:-60} HI=${MAX_STEPS:-900}  # bounds of the calibrated step counts
@@ -122,7 +122,10 @@ if [ "$SYNTH_N" -gt 0 ]; then
     --personas benchmarks/debian_personas.txt --embedder "$W/emb-s0" --out "$W/results/synth.jsonl" \
     --batch-size 100 --max-new-tokens 96 --device $DEV &
 fi
-ORT=0; { [ -n "${ORT_GPU:-}" ] || [ -f "$W/ort.env" ] || bash benchmarks/debian_ort.sh "$W"; } && ORT=1
+ORT=0
+if [ "${ONNX:-1}" = 1 ]; then
+  { [ -n "${ORT_GPU:-}" ] || [ -f "$W/ort.env" ] || bash benchmarks/debian_ort.sh "$W"; } && ORT=1
+fi
 ORT_ENV=$(cat "$W/ort.env" 2>/dev/null)
 # the graphs `embedrank eval` runs: fp32 TorchScript on the CPU, or the CUDA export default
 XDEV=(--dtype fp32 --optimize none --device cpu); [ "$ONNX_DTYPE" = fp16 ] && XDEV=(--device cuda)
