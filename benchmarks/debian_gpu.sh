@@ -19,6 +19,10 @@
 #   half; the int8 pass gets the last quarter).
 #   `... ret K` with K = 0, 1, ... brings the seed-0 embedder back in fp16 pieces (4 of 15 MiB
 #   per call; here: `cat piece.* | tar x` gives emb-s0/).
+# The int8 quality pass alone, on that embedder carried back (no training): `INPUTS=DIR
+# PIECES=DIR bash benchmarks/debian_gpu.sh pack-int8` here, `stage` with each of .devcarry/i0..,
+# then `QB_RECIPES="..." bash .devcarry/gpu.sh int8` (benchmarks/quant_bench.py on the CPU cores,
+# in the background) and `poll`.
 # Settings of the run (EMB_STEPS, RR_STEPS, RR_NEG, SYNTH_N, ...: see debian_pipeline.sh) go in
 # front of `start`.
 set -uo pipefail
@@ -35,6 +39,32 @@ pack)  # here, not on the device
   split -b 52M -d -a 1 "$in/ort.whl" "$dst/ort.part"
   for p in "$dst"/ort.part*; do mkdir -p "$dst/o${p##*part}"; mv "$p" "$dst/o${p##*part}/"; done
   du -sh "$dst"/*
+  ;;
+pack-int8)  # here: src, wheels, data and the fp16 pieces of `ret`, 4 pieces per call
+  in=${INPUTS:?set INPUTS} pieces=${PIECES:?set PIECES}; dst=${DEST:-.devcarry}
+  rm -rf "$dst"; mkdir -p "$dst/i0"
+  git ls-files -co --exclude-standard -z | tar czf "$dst/i0/src.tgz" --null -T -
+  tar cJf "$dst/i0/data.tar.xz" -C "$in" debian && cp -r "$in/whl" "$dst/i0/"
+  n=0; for p in "$pieces"/piece.*; do d=$dst/i$((n / 4 + 1)); mkdir -p "$d"; cp "$p" "$d/"; n=$((n + 1)); done
+  cp benchmarks/debian_gpu.sh "$dst/gpu.sh"; du -sh "$dst"/*
+  ;;
+int8)
+  for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
+  mkdir -p "$W/src" && tar xzf "$S/src.tgz" -C "$W/src" && tar xJf "$S/data.tar.xz" -C "$W" \
+    && (cd "$W" && cat "$S"/piece.* | tar x) || exit 1
+  python3 -c 'import glob; from safetensors.torch import load_file, save_file  # fp16 -> fp32
+for f in glob.glob("'"$W"'/emb-s0/*.safetensors"):
+    save_file({k: v.float() for k, v in load_file(f).items()}, f, metadata={"format": "pt"})' || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$S"/whl/*.whl \
+    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site \
+       "$W/src" || exit 1
+  cd "$W/src/benchmarks" || exit 1
+  # shellcheck disable=SC2086  # QB_RECIPES is a list
+  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 setsid nohup sh -c "python3 quant_bench.py --model $W/emb-s0 \
+    --data $W/debian --work $W/int8 --eval-split test --limit ${QB_LIMIT:-3000} --rounds 0 \
+    --threads ${QB_THREADS:-$(nproc)} --recipes $QB_RECIPES > $W/pipeline.log 2>&1; touch $W/DONE" \
+    < /dev/null > /dev/null 2>&1 & disown
+  sleep 20; cat "$W/pipeline.log"
   ;;
 stage)
   for d in .devcarry/*/; do cp -rn "$d". "$S/" 2>/dev/null; done
@@ -84,5 +114,5 @@ for f in glob.glob("emb-s0/*.safetensors"):
   ls ret/piece.*; ls ret/piece.* | sed -n "$((4 * ${2:-0} + 1)),$((4 * ${2:-0} + 4))p" | xargs -r cp -t "$OUT"
   tail -n 4 "$W/pipeline.log"
   ;;
-*) echo "usage: $0 pack|stage|start|poll [SECONDS]|ret K"; exit 2 ;;
+*) echo "usage: $0 pack|pack-int8|stage|start|int8|poll [SECONDS]|ret K"; exit 2 ;;
 esac

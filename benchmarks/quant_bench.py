@@ -126,22 +126,22 @@ def calibration_texts(source: str, data: Path, count: int, seed: int = 0):
 def parse_recipe(spec: str) -> QuantRecipe:
     """A recipe name, or ``NAME+key=value...`` for a variant of one: ``alpha=0.65``
     (smoothing, ``none`` for off), ``down=0.5`` (alpha of the down_proj inputs, 0 = not
-    smoothed), ``keep=RE,RE`` (node-name regexes kept fp32, ``{last}`` = the last layer)."""
+    smoothed), ``keep=RE,RE`` (node-name regexes kept fp32, ``{last}`` = the last layer),
+    ``outliers=R`` (activation channels over R x the median kept fp32, ``none`` for off)."""
     base, *changes = spec.split("+")
     known = {**RECIPES, **EXTRA_RECIPES}
     if base not in known:
         raise InputError(f"unknown recipe {base!r}; choose one of {sorted(known)}")
+    optional = lambda v: None if v == "none" else float(v)  # noqa: E731
+    fields = {"alpha": ("smooth", optional), "down": ("smooth_down", float),
+              "outliers": ("outliers", optional),
+              "keep": ("keep_fp32", lambda v: tuple(filter(None, v.split(","))))}
     recipe = dataclasses.replace(known[base], name=spec)
     for change in changes:
         key, _, value = change.partition("=")
-        if key == "alpha":
-            recipe = dataclasses.replace(recipe, smooth=None if value == "none" else float(value))
-        elif key == "down":
-            recipe = dataclasses.replace(recipe, smooth_down=float(value))
-        elif key == "keep":
-            recipe = dataclasses.replace(recipe, keep_fp32=tuple(filter(None, value.split(","))))
-        else:
-            raise InputError(f"recipe variant {spec!r}: unknown key {key!r} (alpha, down, keep)")
+        if key not in fields:
+            raise InputError(f"recipe variant {spec!r}: unknown key {key!r} ({', '.join(fields)})")
+        recipe = dataclasses.replace(recipe, **{fields[key][0]: fields[key][1](value)})
     return recipe
 
 
@@ -164,7 +164,7 @@ def make_variant(fp32_dir: Path, out: Path, recipe: QuantRecipe, calibration=Non
     """Copy the fp32 model directory with its graph quantized by ``recipe``; seconds taken.
     ``reuse``: keep ``out`` when an earlier run made it from the same fp32 graph, recipe and
     calibration (0.0 s)."""
-    calibration = calibration if recipe.smooth is not None else None
+    calibration = calibration if recipe.calibrated else None
     stamp = hashlib.sha256(json.dumps([read_manifest(fp32_dir).fingerprint, repr(recipe),
                                        calibration]).encode()).hexdigest()[:16]
     if reuse and (out / "embedrank.json").exists() and read_manifest(out).extra.get("stamp") == stamp:
@@ -345,7 +345,7 @@ def fp32_rows(args, src: Path) -> tuple[list[Row], list[Path]]:
 def recipe_rows(args, recipes: list[QuantRecipe], fp32_dir: Path, data: Path):
     """One quantized model directory and row per recipe (calibrated when a recipe smooths)."""
     calibration = None
-    if any(r.smooth is not None for r in recipes):
+    if any(r.calibrated for r in recipes):
         cal_docs, cal_queries = calibration_texts(args.calibration, data, args.calibration_texts)
         calibration = calibration_ids(fp32_dir, cal_docs, cal_queries)
         print(f"calibration: {len(cal_docs)} documents + {len(cal_queries)} queries "

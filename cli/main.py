@@ -44,6 +44,11 @@ def export() -> None:
     """Export a checkpoint (hub id or local dir) to an ONNX model directory."""
 
 
+# embedrank.export.quantize.RECIPES, named here so that the CLI loads without torch (a test
+# keeps the two equal)
+INT8_RECIPES = ("int8-block32", "w8-block32", "smooth-pertoken", "w8-block32-outliers")
+
+
 def _export_options(fn):
     options = [
         click.argument("src"),
@@ -68,13 +73,14 @@ def _export_options(fn):
                           "q/k norm + rotary kernel and causal MultiHeadAttention, instead of qkv); "
                           "swiglu and rope are opt-in: they need `embedrank ops build` where the "
                           "model is exported and served; or none [default: qkv on cuda, none on cpu]."),
-        click.option("--int8-recipe", type=click.Choice(["int8-block32", "w8-block32", "smooth-pertoken"]),
-                     default=None, help="With --dtype int8: int8-block32 (no calibration), w8-block32 "
-                     "(weight-only, closest to fp32) or smooth-pertoken (fastest; needs --calibration) "
+        click.option("--int8-recipe", type=click.Choice(INT8_RECIPES), default=None,
+                     help="With --dtype int8: int8-block32 (no calibration), w8-block32 (weight-only), "
+                     "smooth-pertoken (fastest; needs --calibration) or w8-block32-outliers "
+                     "(weight-only, outlier channels in fp32: closest to fp32; needs --calibration) "
                      "[default: int8-block32]."),
         click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help='With a smooth-* int8 recipe: JSONL calibration texts, {"text": ...} '
-                          'or {"query": ...} per line.'),
+                     help="With smooth-pertoken or w8-block32-outliers: JSONL calibration texts, "
+                          '{"text": ...} or {"query": ...} per line.'),
         click.option("--device", default="cpu", show_default=True,
                      help="Where to trace and verify: cpu or cuda."),
         click.option("--no-verify", is_flag=True, help="Skip the parity check against PyTorch."),

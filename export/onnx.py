@@ -312,10 +312,11 @@ def _int8_plan(kind: str, dtype: str, recipe: str | None, calibration) -> tuple:
     from embedrank.export.smooth import read_calibration_texts
 
     chosen = get_recipe(recipe or DEFAULT_RECIPE)
-    if chosen.smooth is not None and calibration is None:
-        raise InputError(f"int8 recipe {chosen.name!r} smooths activations: pass a calibration "
-                         'file (--calibration FILE.jsonl, lines {"text": ...} or {"query": ...})')
-    if calibration is not None and chosen.smooth is None:
+    if chosen.calibrated and calibration is None:
+        raise InputError(f"int8 recipe {chosen.name!r} calibrates on activations: pass a "
+                         'calibration file (--calibration FILE.jsonl, lines {"text": ...} or '
+                         '{"query": ...})')
+    if calibration is not None and not chosen.calibrated:
         raise InputError(f"int8 recipe {chosen.name!r} takes no calibration texts")
     texts = read_calibration_texts(calibration) if calibration is not None else None
     if texts is not None and kind == "reranker" and not all(texts):
@@ -343,7 +344,7 @@ def _quantize(graph: Path, kind: str, module, recipe, texts) -> dict:
                                calibration=calibration)
     extra = {"int8_recipe": result.recipe, "int8_kept_fp32": result.kept_fp32}
     if texts is not None:
-        extra.update(int8_smoothed=result.smoothed,
+        extra.update(int8_smoothed=result.smoothed, int8_outlier_channels=result.outlier_channels,
                      int8_calibration={"documents": len(texts[0]), "queries": len(texts[1])})
     return extra
 

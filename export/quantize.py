@@ -46,13 +46,22 @@ class QuantRecipe:
     keep_fp32: tuple[str, ...] = ()  # regexes on node names left in fp32
     smooth: float | None = None  # SmoothQuant alpha (export/smooth.py); needs calibration
     smooth_down: float | None = None  # alpha of the up -> down_proj sites [smooth]; 0 = off
+    # fp32 activation channels: calibration max |x| > outliers x the median channel's
+    # (export/outliers.py); needs calibration
+    outliers: float | None = None
     help: str = ""
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the recipe needs calibration texts (it smooths or keeps outlier channels)."""
+        return self.smooth is not None or self.outliers is not None
 
 
 # The recipes a user should pick (docs/int8.md has the figures of every variant measured):
 # int8-block32 (the default: the best top-10 agreement with int8 compute, no calibration),
-# w8-block32 (weight-only: closest to fp32, no faster), smooth-pertoken (the fastest that keeps
-# mean cosine >= 0.99; needs calibration texts).
+# w8-block32 (weight-only: no calibration, no faster), smooth-pertoken (the fastest; needs
+# calibration texts), w8-block32-outliers (weight-only with the outlier channels in fp32: the
+# one that meets the ranking bar on a trained embedder, no faster; needs calibration texts).
 RECIPES = {r.name: r for r in (
     QuantRecipe("int8-block32", "blockwise", block_size=32,
                 help="8-bit weights and int8 activations in blocks of 32 (MatMulNBits)"),
@@ -60,6 +69,9 @@ RECIPES = {r.name: r for r in (
                 help="weight-only: 8-bit weights in blocks of 32, fp32 activations and compute"),
     QuantRecipe("smooth-pertoken", "pertoken", smooth=0.5,
                 help="SmoothQuant alpha 0.5, then int8 activations with a scale per token"),
+    QuantRecipe("w8-block32-outliers", "blockwise", block_size=32, accuracy_level=0, outliers=8.0,
+                help="w8-block32 with the activation channels over 8x the median (calibration) "
+                     "computed in fp32"),
 )}
 DEFAULT_RECIPE = "int8-block32"
 
@@ -208,6 +220,7 @@ class QuantResult:
     quantized: int
     kept_fp32: list[str]
     smoothed: int = 0  # activations smoothed (SmoothQuant sites)
+    outlier_channels: int = 0  # activation channels computed in fp32 (export/outliers.py)
 
 
 def get_recipe(recipe: str | QuantRecipe) -> QuantRecipe:
@@ -224,7 +237,7 @@ def quantize(src: str | Path, dst: str | Path, recipe: str | QuantRecipe = DEFAU
     """Write an int8 variant of the fp32 graph ``src`` to ``dst`` following ``recipe``.
 
     ``calibration``: token id sequences (texts formatted and tokenized as the runtime does,
-    e.g. :func:`calibration_ids`) for the recipes that smooth (``recipe.smooth``).
+    e.g. :func:`calibration_ids`) for the recipes that calibrate (``recipe.calibrated``).
     """
     require("onnxruntime", "train")
     import onnx
@@ -232,27 +245,41 @@ def quantize(src: str | Path, dst: str | Path, recipe: str | QuantRecipe = DEFAU
     recipe = get_recipe(recipe)
     if recipe.method not in ("blockwise", "pertoken"):
         raise InputError(f"unknown quantization method {recipe.method!r}")
-    if recipe.smooth is not None and not calibration:
-        raise InputError(f"int8 recipe {recipe.name!r} smooths activations and needs calibration "
-                         "texts (token ids); pass calibration=... (export: a calibration file)")
+    if recipe.calibrated and not calibration:
+        raise InputError(f"int8 recipe {recipe.name!r} calibrates on activations and needs "
+                         "calibration texts (token ids); pass calibration=... (export: a "
+                         "calibration file)")
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src), load_external_data=True)
     include, keep = select_nodes(model, recipe.keep_fp32)
     if not include:  # ORT reads an empty node list as "all nodes"
         raise InputError(f"recipe {recipe.name!r} keeps every linear layer of {str(src)!r} in "
                          "fp32: nothing to quantize; pick another recipe")
-    report = None
+    amax, report, found, added = None, None, {}, []
+    if recipe.calibrated:  # one pass over the unsmoothed graph serves both steps
+        from embedrank.export.smooth import calibrate
+
+        linears = set(include + keep)
+        inputs = {n.name: n.input[0] for n in model.graph.node if n.name in linears}
+        amax = calibrate(model, list(dict.fromkeys(inputs[n] for n in include + keep)),
+                         calibration, threads)
     if recipe.smooth is not None:
         from embedrank.export.smooth import smooth
 
-        report = smooth(model, calibration, recipe.smooth, threads, recipe.smooth_down)
+        report = smooth(model, calibration, recipe.smooth, threads, recipe.smooth_down, amax)
+    if recipe.outliers is not None:
+        from embedrank.export.outliers import find_outliers, split_outliers
+
+        found = find_outliers({inputs[n]: amax[inputs[n]] for n in include}, recipe.outliers)
+        added = split_outliers(model, include, found)
     if recipe.method == "pertoken":
         quantize_per_token(model, include, recipe.reduce_range)
         _save(model, dst, external_data)
     else:
-        _blockwise(model, dst, recipe, keep, external_data)
+        _blockwise(model, dst, recipe, keep + added, external_data)
     return QuantResult(recipe.name, len(include), keep,
-                       len(report.sites) if report else 0)
+                       len(report.sites) if report else 0,
+                       sum(len(v) for v in found.values()))
 
 
 def calibration_ids(model_dir: str | Path, documents: Sequence[str] = (),

@@ -180,9 +180,12 @@ def _update(tensor, value: np.ndarray) -> None:
 
 
 def smooth(model, calibration: Sequence[Sequence[int]], alpha: float = 0.5,
-           threads: int = 2, alpha_down: float | None = None) -> SmoothReport:
+           threads: int = 2, alpha_down: float | None = None,
+           amax: dict[str, np.ndarray] | None = None) -> SmoothReport:
     """Fold SmoothQuant scales into ``model`` (in place, weights loaded) after calibrating it.
-    ``alpha_down``: alpha of the up -> down sites [``alpha``]; 0 leaves them unsmoothed."""
+    ``alpha_down``: alpha of the up -> down sites [``alpha``]; 0 leaves them unsmoothed.
+    ``amax``: per-channel max |activation| already calibrated on this graph (:func:`calibrate`);
+    the sites it lacks are calibrated here."""
     from onnx import numpy_helper
 
     alpha_down = alpha if alpha_down is None else alpha_down
@@ -197,7 +200,10 @@ def smooth(model, calibration: Sequence[Sequence[int]], alpha: float = 0.5,
     if not sites:
         raise InputError("no RMSNorm -> linear or up_proj -> down_proj pattern to smooth in the "
                          "graph; smoothing needs the unfused export (--optimize none)")
-    amax = calibrate(model, [s.tensor for s in sites], calibration, threads)
+    amax = dict(amax or {})
+    missing = [s.tensor for s in sites if s.tensor not in amax]
+    if missing:
+        amax.update(calibrate(model, missing, calibration, threads))
     nodes = {n.name: n for n in model.graph.node}
     inits, users = _init_map(model), _consumers(model)
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -221,7 +227,7 @@ def smooth(model, calibration: Sequence[Sequence[int]], alpha: float = 0.5,
         else:
             up = _private(model, owner, 1, inits, users)
             _update(up, numpy_helper.to_array(up) / s[None, :])
-    return SmoothReport(alpha, sites, {t: float(a.max()) for t, a in amax.items()})
+    return SmoothReport(alpha, sites, {site.tensor: float(amax[site.tensor].max()) for site in sites})
 
 
 def read_calibration_texts(path: str | Path) -> tuple[list[str], list[str]]:

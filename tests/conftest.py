@@ -84,6 +84,28 @@ def torchscript_embedder_dir(tiny_ckpt, tmp_path_factory) -> Path:
     return export_model("embedder", str(tiny_ckpt), out, optimize="none").out
 
 
+@pytest.fixture(scope="module")
+def calibration(torchscript_embedder_dir):
+    """Token ids of quant_support.CALIBRATION, formatted as the runtime formats them."""
+    from quant_support import CALIBRATION
+
+    from embedrank.export.quantize import calibration_ids
+
+    return calibration_ids(torchscript_embedder_dir, *CALIBRATION)
+
+
+@pytest.fixture(scope="module")
+def feed(torchscript_embedder_dir):
+    """The held-out quant_support.EVAL texts as a left-padded graph feed."""
+    from quant_support import EVAL
+
+    from embedrank.export.quantize import calibration_ids
+    from embedrank.formats import pad_left
+
+    ids, mask = pad_left(calibration_ids(torchscript_embedder_dir, *EVAL), 0)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 @pytest.fixture(scope="session")
 def reranker_dir(tiny_ckpt, tmp_path_factory) -> Path:
     from embedrank.export import export_model

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from embedrank.errors import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("gpu_bench", "gpu_probes", "quant_bench", "compare", "eval_checkpoints", "debian_beir",
            "serve_bench", "bench_gpu", "eot_probe", "synth_probe")
@@ -41,4 +45,9 @@ def test_quant_bench_parses_product_and_extra_recipes():
     assert (recipe.method, recipe.smooth, recipe.smooth_down, recipe.keep_fp32) == (
         "pertoken", 0.75, 0.5, ("/mlp/down_proj/",))
     assert quant_bench.parse_recipe("pertoken").smooth is None
+    outliers = quant_bench.parse_recipe("w8-block32+outliers=8")
+    assert (outliers.outliers, outliers.calibrated, outliers.accuracy_level) == (8.0, True, 0)
+    assert quant_bench.parse_recipe("w8-block32-outliers+outliers=none").calibrated is False
+    with pytest.raises(InputError, match="unknown key 'bits'"):
+        quant_bench.parse_recipe("w8-block32+bits=4")
     assert quant_bench.parse_recipe("int4-block32").bits == 4

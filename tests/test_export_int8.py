@@ -21,16 +21,21 @@ def calibration_file(tmp_path):
     return path
 
 
-def test_cli_exports_a_smoothed_int8_embedder(tiny_ckpt, tmp_path, calibration_file, torch_embedder):
+@pytest.mark.parametrize("recipe", ["smooth-pertoken", "w8-block32-outliers"])
+def test_cli_exports_a_calibrated_int8_embedder(recipe, tiny_ckpt, tmp_path, calibration_file,
+                                                torch_embedder):
     out = tmp_path / "int8"
     result = CliRunner().invoke(main, ["export", "embedder", str(tiny_ckpt), str(out), "--dtype",
-                                       "int8", "--int8-recipe", "smooth-pertoken", "--calibration",
+                                       "int8", "--int8-recipe", recipe, "--calibration",
                                        str(calibration_file)])
     assert result.exit_code == 0, result.output
     assert "PASS: embedder int8" in result.output
     extra = read_manifest(out).extra
-    assert extra["int8_recipe"] == "smooth-pertoken" and extra["optimize"] == "none"
-    assert extra["int8_smoothed"] > 0 and extra["int8_calibration"] == {"documents": 6, "queries": 3}
+    assert extra["int8_recipe"] == recipe and extra["optimize"] == "none"
+    assert (extra["int8_smoothed"] > 0) == (recipe == "smooth-pertoken")
+    assert extra["int8_calibration"] == {"documents": 6, "queries": 3}
+    # the tiny random model has no activation 8x its median channel: nothing split off
+    assert extra["int8_outlier_channels"] == 0
     texts = ["the moon pulls the sea", "a short one"]
     got = Embedder.load(out).embed_documents(texts)
     ref = torch_embedder.embed_documents(texts).numpy()
@@ -39,6 +44,7 @@ def test_cli_exports_a_smoothed_int8_embedder(tiny_ckpt, tmp_path, calibration_f
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dtype="int8", int8_recipe="smooth-pertoken"), "needs? .*calibration|calibration file"),
+    (dict(dtype="int8", int8_recipe="w8-block32-outliers"), "calibration file"),
     (dict(dtype="fp32", int8_recipe="pertoken"), "dtype='int8' only"),
     (dict(dtype="int8", int8_recipe="int3"), "unknown int8 recipe"),
     (dict(dtype="int8", int8_recipe="int8-block32", calibration="CAL"), "takes no calibration"),

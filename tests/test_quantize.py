@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
+from embedrank.cli.main import INT8_RECIPES
 from embedrank.errors import InputError, ParityError
 from embedrank.export import export_model
 from embedrank.export.parity import MEAN_COSINE, TOLERANCES
@@ -84,8 +85,11 @@ def test_sensitive_layers_stay_fp32(torchscript_embedder_dir, tmp_path):
 
 
 def test_the_product_ships_the_recipes_a_user_should_pick() -> None:
-    assert sorted(RECIPES) == ["int8-block32", "smooth-pertoken", "w8-block32"]
+    assert sorted(RECIPES) == ["int8-block32", "smooth-pertoken", "w8-block32", "w8-block32-outliers"]
     assert DEFAULT_RECIPE == "int8-block32" and RECIPES["smooth-pertoken"].smooth == 0.5
+    assert [name for name, r in RECIPES.items() if r.calibrated] == ["smooth-pertoken",
+                                                                     "w8-block32-outliers"]
+    assert list(INT8_RECIPES) == list(RECIPES)  # the CLI's choices
 
 
 def test_unknown_recipe_is_an_input_error(torchscript_embedder_dir, tmp_path):
