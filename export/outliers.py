@@ -70,11 +70,11 @@ def split_outliers(model, names: list[str], outliers: dict[str, np.ndarray]) -> 
         rest[idx] = 0.0
         new_inits += [numpy_helper.from_array(rest, f"{p}/weight"),
                       numpy_helper.from_array(np.ascontiguousarray(weight[idx]), f"{p}/rows")]
-        node.input[0], node.input[1], node.output[0] = masked, f"{p}/weight", f"{p}/int8"
+        node.input[0], node.input[1], node.output[0] = masked, f"{p}/weight", f"{p}/rest"
         nodes += [node,
                   helper.make_node("MatMul", [columns, f"{p}/rows"], [f"{p}/fp32"],
                                    name=f"{p}/MatMul"),
-                  helper.make_node("Add", [f"{p}/int8", f"{p}/fp32"], [y], name=f"{p}/Add")]
+                  helper.make_node("Add", [f"{p}/rest", f"{p}/fp32"], [y], name=f"{p}/Add")]
         added.append(f"{p}/MatMul")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
